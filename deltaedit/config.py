@@ -1,0 +1,108 @@
+"""Domain configs: one JSON file per domain in `deltaedit/configs/`.
+
+A domain bundles a generator architecture, an encoder, a CLIP model, the neutral text and the
+weight tags (see `deltaedit.weights`) of every model it needs. Ids (`ffhq`, `toy`) are what the
+CLI, the Python API and the `gradio_client` API use; labels are for the page only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import InputError
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    size: int
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    # Optional explicit widths {resolution: channels}; None means rosinality's FFHQ table.
+    channels: dict[int, int] | None = None
+    lr_mlp: float = 0.01
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    input_size: int = 256
+    num_layers: int = 50
+    mode: str = "ir_se"
+    # Optional explicit body widths for tiny encoders (None: the IR-SE-50 widths of e4e).
+    widths: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    model_name: str = "ViT-B-32-quickgelu"
+    pretrained: str | None = "openai"
+    # For domains with their own CLIP architecture: a JSON file in configs/ (open_clip format).
+    model_config_file: str | None = None
+    embed_dim: int = 512
+    image_size: int = 224
+    # The authors' preprocessing: nearest upsample by this factor, then average-pool to image_size.
+    upsample: int = 7
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    id: str
+    label: str
+    neutral_text: str
+    generator: GeneratorConfig
+    encoder: EncoderConfig
+    clip: ClipConfig
+    # role -> weights tag, roles: generator, e4e, mapper, fs3, clip, landmarks, diffusion
+    weights: dict[str, str]
+    align_faces: bool = True
+    truncation: float = 0.7
+    example_prompts: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    def clip_pool(self, image_size: int) -> int:
+        """Average-pool size that maps an `image_size` picture, upsampled ×upsample, to CLIP's input."""
+        up = image_size * self.clip.upsample
+        if up % self.clip.image_size:
+            raise ValueError(
+                f"image size {image_size} x{self.clip.upsample} is not a multiple of the CLIP input"
+                f" size {self.clip.image_size}"
+            )
+        return up // self.clip.image_size
+
+
+def _parse(raw: dict) -> DomainConfig:
+    gen = dict(raw["generator"])
+    if gen.get("channels"):
+        gen["channels"] = {int(k): int(v) for k, v in gen["channels"].items()}
+    enc = dict(raw.get("encoder", {}))
+    if enc.get("widths"):
+        enc["widths"] = tuple(enc["widths"])
+    return DomainConfig(
+        id=raw["id"],
+        label=raw["label"],
+        neutral_text=raw["neutral_text"],
+        generator=GeneratorConfig(**gen),
+        encoder=EncoderConfig(**enc),
+        clip=ClipConfig(**raw.get("clip", {})),
+        weights=dict(raw["weights"]),
+        align_faces=raw.get("align_faces", True),
+        truncation=raw.get("truncation", 0.7),
+        example_prompts=tuple(raw.get("example_prompts", ())),
+        extra=dict(raw.get("extra", {})),
+    )
+
+
+def list_domains() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not p.stem.startswith("clip_"))
+
+
+@lru_cache(maxsize=None)
+def load_domain_config(domain: str) -> DomainConfig:
+    if domain not in list_domains():
+        raise InputError(f"unknown domain {domain!r}; choose one of: {', '.join(list_domains())}")
+    return _parse(json.loads((CONFIG_DIR / f"{domain}.json").read_text()))
