@@ -1,0 +1,66 @@
+"""`python -m deltaedit edit`: edit one photo or W+ latent with a text prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "edit"
+HELP = "edit a photo or W+ latents with a target text"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", choices=["gan", "diffusion"], default="gan")
+    p.add_argument("--domain", default="ffhq", help="domain id: ffhq or toy (default: ffhq)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="folder holding the weight files under their official names")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, help="a photo (JPEG/PNG/...)")
+    src.add_argument("--latents", type=Path, help="a .npy of W+ latents, shape [18, 512] or [1, 18, 512]")
+    p.add_argument("--no-align", action="store_true", help="the photo is already aligned (skip face alignment)")
+    p.add_argument("--target", required=True, action="append", help="target text; repeat for several edits")
+    p.add_argument("--source", default=None, help="source text (default: the domain's neutral text)")
+    p.add_argument("--strength", type=float, default=1.0, help="alpha in s + alpha*delta_s (default 1.0)")
+    p.add_argument("--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion backbone only)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", type=Path, required=True, help="edited PNG (several targets: out, out_1, out_2, ...)")
+    p.add_argument("--source-out", type=Path, default=None, help="also write the reconstructed source PNG")
+
+
+def _out_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out] + [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(1, n)]
+
+
+def run(args) -> int:
+    import torch
+
+    from ..api import load_editor
+    from ..imageio import load_latents, save_png
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import InputError
+
+        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
+    kwargs = dict(targets=args.target, source=args.source, strength=args.strength, threshold=args.threshold)
+    if args.backbone == "diffusion":
+        kwargs["steps"] = args.steps
+    if args.image is not None:
+        result = editor.edit(image=args.image, align=not args.no_align, **kwargs)
+    else:
+        G = editor.generator
+        latents = load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim)
+        result = editor.edit(latents=latents, **kwargs)
+    for notice in result.notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    for path, image in zip(_out_paths(args.out, len(result.edited_images)), result.edited_images):
+        save_png(image, path)
+        print(f"wrote {path}")
+    if args.source_out is not None:
+        save_png(result.source_image, args.source_out)
+        print(f"wrote {args.source_out}")
+    return 0
