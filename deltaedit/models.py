@@ -35,12 +35,12 @@ def read_state_dict(path: Path, key: str | None = None, prefix: str | None = Non
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path} is not a readable safetensors file ({exc}); delete it and retry") from exc
     else:
         state = weights.load_torch_file(path)

@@ -76,7 +76,7 @@ def _want_compiled(impl: str | None, x: torch.Tensor) -> bool:
         return False
     if x.device.type != "cuda":
         if impl == "cuda":
-            _warn_once("impl='cuda' asked for a tensor on %s; using the reference ops" % x.device.type)
+            _warn_once(f"impl='cuda' asked for a tensor on {x.device.type}; using the reference ops")
         return False
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
@@ -155,7 +155,9 @@ def fused_leaky_relu(
     """
     axis = bias_axis % x.ndim
     if bias is not None and bias.shape != (x.shape[axis],):
-        raise ValueError(f"bias shape {tuple(bias.shape)} does not match axis {axis} of input {tuple(x.shape)}")
+        raise ValueError(
+            f"bias shape {tuple(bias.shape)} does not match axis {axis} of input {tuple(x.shape)}"
+        )
     if bias is None or not _want_compiled(impl, x) or bias.device != x.device:
         return fused_leaky_relu_ref(x, bias, negative_slope, scale, axis)
     return _FusedLeakyReLUCuda.apply(x, bias, negative_slope, scale, axis)
@@ -176,7 +178,9 @@ def _pads(pad) -> tuple[int, int, int, int]:
     raise ValueError(f"pad must have 2 or 4 entries, got {pad}")
 
 
-def upfirdn2d_ref(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad=(0, 0)) -> torch.Tensor:
+def upfirdn2d_ref(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad=(0, 0)
+) -> torch.Tensor:
     batch, channels, height, width = x.shape
     x0, x1, y0, y1 = _pads(pad)
     if up > 1:
@@ -197,7 +201,9 @@ def upfirdn2d(
     """Upsample by `up` with zeros, pad by `pad` (x0, x1[, y0, y1]), convolve with the 2-D `kernel`,
     keep every `down`-th sample. Input [B, C, H, W]; output [B, C, (H*up+y0+y1-kh)//down+1, ...]."""
     if x.ndim != 4 or kernel.ndim != 2:
-        raise ValueError(f"upfirdn2d wants x [B,C,H,W] and a 2-D kernel, got {tuple(x.shape)}, {tuple(kernel.shape)}")
+        raise ValueError(
+            f"upfirdn2d wants x [B,C,H,W] and a 2-D kernel, got {tuple(x.shape)}, {tuple(kernel.shape)}"
+        )
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or kernel.requires_grad)
     if needs_grad or not _want_compiled(impl, x):
         return upfirdn2d_ref(x, kernel, up, down, pad)

@@ -1,0 +1,36 @@
+"""`python -m deltaedit toy train|sheet`: reproduce the toy domain's weights, or look at its renders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "toy"
+HELP = "train every weight of the built-in toy domain (toy train), or render a contact sheet (toy sheet)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="toy_command", required=True)
+    t = sub.add_parser("train", help="train the toy CLIP, generator, encoder, mapper, relevance and classifier")
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: assets/toy in the repository)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="retrain stages whose files already exist")
+    t.add_argument("--smoke", action="store_true", help="a few steps of every stage (to test the pipeline)")
+    s = sub.add_parser("sheet", help="write a PNG grid of random renders")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    if args.toy_command == "sheet":
+        from ..toy.render import save_contact_sheet
+
+        print(f"wrote {save_contact_sheet(args.out, n=args.n, seed=args.seed)}")
+        return 0
+    from ..toy.train import ASSETS, FULL, SMOKE, train_toy
+
+    summary = train_toy(args.out or ASSETS, seed=args.seed, budget=SMOKE if args.smoke else FULL, force=args.force)
+    print(json.dumps(summary, indent=2))
+    return 0

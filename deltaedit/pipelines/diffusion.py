@@ -1,0 +1,250 @@
+"""DeltaEdit-D: deterministic DDIM inversion and editing with a style-conditioned UNet.
+
+An image x0 is inverted to x_T under its own style code s (DDIM with σ = 0 run forwards in time),
+then decoded under s + α·Δs, where Δs is the Delta Mapper's (relevance-masked) output — the same Δs
+that edits the StyleGAN backbone. All targets are decoded in one batch from the same x_T, together
+with the unedited code so the caller also gets the reconstruction.
+
+This module knows nothing about StyleGAN, CLIP or the mapper: it receives tensors.
+
+Equations cite Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (ICLR 2021), eq. 12 with
+σ_t = 0:  x_{t-1} = √ᾱ_{t-1} · (x_t − √(1−ᾱ_t) ε_θ(x_t)) / √ᾱ_t + √(1−ᾱ_{t-1}) · ε_θ(x_t).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+from ..errors import InputError, WeightsError
+from ..nn.style_unet import StyleConditionedUNet
+
+# The training noise schedule (DDPM's linear betas) with the settings deterministic inversion needs:
+# no clipping of the predicted x0 (it would break invertibility), ᾱ = 1 beyond both ends of the chain.
+DEFAULT_SCHEDULER_CONFIG: dict = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "clip_sample": False,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+def _config_dict(scheduler_config) -> dict:
+    """Accept a dict, a diffusers FrozenDict or a scheduler object."""
+    if hasattr(scheduler_config, "config"):
+        scheduler_config = scheduler_config.config
+    if scheduler_config is None:
+        return dict(DEFAULT_SCHEDULER_CONFIG)
+    return {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+
+
+def _check_steps(steps: int, config: dict) -> None:
+    limit = config.get("num_train_timesteps", 1000)
+    if not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise InputError(f"steps must be an integer between 1 and {limit}, got {steps!r}")
+
+
+def _eps(unet: StyleConditionedUNet, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    # The scheduler maths stays in float32 even when the UNet runs in half precision.
+    return unet(x.to(unet.dtype), t, s.to(unet.device)).float()
+
+
+@torch.no_grad()
+def ddim_invert(
+    unet: StyleConditionedUNet,
+    scheduler_config,
+    x0: torch.Tensor,
+    s: torch.Tensor,
+    steps: int = 50,
+    refine: int = 0,
+    return_trajectory: bool = False,
+):
+    """Map images x0 [B,3,H,W] in [-1,1] to noise x_T under style codes s [B,S] (deterministic).
+
+    `refine` > 0 runs that many fixed-point iterations per step so that ε is evaluated at the point
+    the sampler will start from; this makes `ddim_sample` an almost exact inverse (costs `refine`
+    extra UNet calls per step). With `return_trajectory` the result is the list [x0, x_1, ..., x_T].
+    """
+    config = _config_dict(scheduler_config)
+    _check_steps(steps, config)
+    scheduler = DDIMInverseScheduler.from_config(config)
+    scheduler.set_timesteps(steps, device=x0.device)
+    x = x0.float()
+    trajectory = [x]
+    for t in scheduler.timesteps:
+        # 1. ε_θ(x_{t-1}, t, s): the noise predicted at the next, noisier timestep t.
+        eps = _eps(unet, x, t, s)
+        # 2. Eq. 12 solved for x_t (σ_t = 0): x_t = √ᾱ_t · x̂0 + √(1−ᾱ_t) · ε, x̂0 = (x_{t-1} − √(1−ᾱ_{t-1}) ε) / √ᾱ_{t-1}.
+        x_next = scheduler.step(eps, t, x).prev_sample
+        # 3. Optional fixed point x_t = step(ε_θ(x_t, t, s)): then eq. 12 maps x_t back to x_{t-1} exactly.
+        for _ in range(refine):
+            x_next = scheduler.step(_eps(unet, x_next, t, s), t, x).prev_sample
+        x = x_next
+        trajectory.append(x)
+    return trajectory if return_trajectory else x
+
+
+@torch.no_grad()
+def ddim_sample(
+    unet: StyleConditionedUNet,
+    scheduler_config,
+    x_T: torch.Tensor,
+    s: torch.Tensor,
+    steps: int = 50,
+    trajectory: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Decode noise x_T [B,3,H,W] under style codes s [B,S] with DDIM (η = 0) -> x0 [B,3,H,W].
+
+    `trajectory` (from `ddim_invert(..., return_trajectory=True)`, batch 1) turns on direct-inversion
+    correction (Ju et al. 2024, "PnP Inversion"): after every step the first row is pulled back onto
+    the inversion trajectory and the same offset is added to every row, so a row whose s equals the
+    inversion's s reproduces the input exactly and edits keep the input's details.
+    """
+    config = _config_dict(scheduler_config)
+    _check_steps(steps, config)
+    scheduler = DDIMScheduler.from_config(config)
+    scheduler.set_timesteps(steps, device=x_T.device)
+    x = x_T.float()
+    for i, t in enumerate(scheduler.timesteps):
+        # 1. ε_θ(x_t, t, s).
+        eps = _eps(unet, x, t, s)
+        # 2. Eq. 12 with σ_t = 0: x_{t-1} = √ᾱ_{t-1} · x̂0 + √(1−ᾱ_{t-1}) · ε (the "direction pointing to x_t").
+        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        # 3. Optional correction towards the inversion trajectory (level steps-1-i of it).
+        if trajectory is not None:
+            x = x + (trajectory[steps - 1 - i].to(x) - x[:1])
+    return x
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image of two [B,C,H,W] batches (default range: [-1, 1])."""
+    if a.shape != b.shape:
+        raise InputError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
+
+
+class DiffusionEdit(NamedTuple):
+    reconstruction: torch.Tensor  # [1, 3, H, W] in [-1, 1]: the input decoded under s_source
+    edits: torch.Tensor  # [T, 3, H, W] in [-1, 1]: decoded under s_source + α·Δs_i
+
+
+class DiffusionBackbone:
+    """A trained `StyleConditionedUNet` and its noise schedule; inverts, decodes and edits images."""
+
+    def __init__(self, unet: StyleConditionedUNet, scheduler_config=None):
+        self.unet = unet.eval()
+        self.scheduler_config = _config_dict(scheduler_config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device=None, dtype: torch.dtype | None = None):
+        """Load a folder written by `save_pretrained` / `train_diffusion` (config.json, weights, scheduler/)."""
+        path = Path(path)
+        if not (path / "config.json").is_file() or not any(path.glob("diffusion_pytorch_model*")):
+            raise WeightsError(
+                f"{path} is not a DeltaEdit-D weights folder (config.json + diffusion_pytorch_model.safetensors"
+                " expected); train one with `python -m deltaedit train-diffusion` or point to the right folder"
+            )
+        unet = StyleConditionedUNet.from_pretrained(path)
+        scheduler_dir = path / "scheduler"
+        config = DDIMScheduler.load_config(scheduler_dir) if scheduler_dir.is_dir() else None
+        return cls(unet, config).to(device, dtype)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.unet.save_pretrained(path)
+        DDIMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
+        return path
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> DiffusionBackbone:
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def style_dim(self) -> int:
+        return self.unet.config.style_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size
+
+    def _check_image(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2:] != (size, size):
+            raise InputError(f"images must be [B, 3, {size}, {size}] in [-1, 1], got {tuple(x.shape)}")
+        return x.to(self.device, torch.float32)
+
+    def _check_style(self, s: torch.Tensor, name: str) -> torch.Tensor:
+        if s.ndim == 1:
+            s = s[None]
+        if s.ndim != 2 or s.shape[1] != self.style_dim:
+            raise InputError(f"{name} must be [N, {self.style_dim}], got {tuple(s.shape)}")
+        return s.to(self.device, torch.float32)
+
+    def invert(self, x0: torch.Tensor, s: torch.Tensor, steps: int = 50, refine: int = 0) -> torch.Tensor:
+        return ddim_invert(
+            self.unet, self.scheduler_config, self._check_image(x0), self._check_style(s, "s"), steps, refine
+        )
+
+    def sample(self, x_T: torch.Tensor, s: torch.Tensor, steps: int = 50) -> torch.Tensor:
+        return ddim_sample(self.unet, self.scheduler_config, x_T.to(self.device), self._check_style(s, "s"), steps)
+
+    def generate(self, s: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None):
+        """Random images for style codes s [B,S] (fresh Gaussian x_T; seed it with `generator`)."""
+        s = self._check_style(s, "s")
+        size = self.image_size
+        x_T = torch.randn(s.shape[0], 3, size, size, generator=generator).to(self.device)
+        return self.sample(x_T, s, steps).clamp(-1, 1)
+
+    def edit(
+        self,
+        x0: torch.Tensor,
+        s_source: torch.Tensor,
+        delta_s: torch.Tensor,
+        strength: float = 1.0,
+        steps: int = 50,
+        refine: int = 0,
+        preserve_details: bool = False,
+    ) -> DiffusionEdit:
+        """Invert x0 [1,3,H,W] once under s_source [1,S]; decode under s_source + strength·Δs for Δs [T,S].
+
+        `refine`: fixed-point iterations per inversion step (more faithful, slower). `preserve_details`:
+        direct-inversion correction (see `ddim_sample`); the reconstruction is then the input itself.
+        """
+        x0 = self._check_image(x0)
+        if x0.shape[0] != 1:
+            raise InputError(f"edit takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
+        s_source = self._check_style(s_source, "s_source")
+        if s_source.shape[0] != 1:
+            raise InputError(f"s_source must be [1, {self.style_dim}], got {tuple(s_source.shape)}")
+        delta_s = self._check_style(delta_s, "delta_s")
+        if not math.isfinite(float(strength)):
+            raise InputError(f"strength must be a finite number, got {strength!r}")
+        inverted = ddim_invert(
+            self.unet, self.scheduler_config, x0, s_source, steps, refine, return_trajectory=preserve_details
+        )
+        x_T = inverted[-1] if preserve_details else inverted
+        # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
+        styles = torch.cat([s_source, s_source + float(strength) * delta_s])
+        out = ddim_sample(
+            self.unet,
+            self.scheduler_config,
+            x_T.expand(styles.shape[0], -1, -1, -1),
+            styles,
+            steps,
+            trajectory=inverted if preserve_details else None,
+        ).clamp(-1, 1)
+        return DiffusionEdit(reconstruction=out[:1], edits=out[1:])

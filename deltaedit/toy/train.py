@@ -1,0 +1,254 @@
+"""Train every weight of the built-in toy domain from a seed: `python -m deltaedit toy train`.
+
+Stages (each writes its artifact into the output folder and is skipped when it is already there,
+so an interrupted run resumes):
+
+1. renders  - procedural faces with their attributes (kept in memory, never written)
+2. clip     - a small open_clip model trained contrastively on renders and varied captions
+3. autoencoder - our StyleGAN2 generator (64 px) and an e4e-style encoder trained together to
+              reconstruct renders (W+ = encoder(x) + latent_avg, image = G(W+))
+4. codes    - W+, S and CLIP image features of encoded renders (the generic `make-codes` tool)
+5. mapper   - the Delta Mapper trained text-free on those codes (the generic `train-mapper` tool)
+6. relevance - fs3 of the toy generator (the generic `relevance` tool)
+7. classifier - an attribute classifier used only to score edits
+
+The mapper never sees a caption: captions are only used to train the toy CLIP, exactly as the
+real domain's CLIP was trained by OpenAI on someone else's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import load_domain_config
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
+
+
+@dataclass(frozen=True)
+class ToyBudget:
+    n_images: int = 24000
+    clip_steps: int = 600
+    clip_batch: int = 192
+    ae_steps: int = 2500
+    ae_batch: int = 24
+    n_codes: int = 12000
+    mapper_steps: int = 6000
+    fs3_samples: int = 16
+    classifier_steps: int = 600
+
+
+FULL = ToyBudget()
+SMOKE = ToyBudget(
+    n_images=256, clip_steps=3, clip_batch=16, ae_steps=3, ae_batch=4, n_codes=128, mapper_steps=3,
+    fs3_samples=1, classifier_steps=3,
+)
+
+
+def _to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _lr_at(step: int, steps: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def render_dataset(n: int, seed: int):
+    """(uint8 images [n, 64, 64, 3], attributes list) of the toy renderer."""
+    from .render import render_batch
+
+    images, attrs = render_batch(n, seed=seed)
+    images = images if isinstance(images, np.ndarray) else ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    return images, attrs
+
+
+# -- stage 2: CLIP ----------------------------------------------------------------------------------
+def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr: float = 1e-3, progress=True):
+    """Contrastive (InfoNCE both ways) training of the toy CLIP on renders and random captions."""
+    import open_clip
+
+    from ..clip import build_clip_from_config, build_tokenizer
+    from .attributes import caption
+
+    cfg = load_domain_config("toy")
+    torch.manual_seed(seed)
+    model = build_clip_from_config(cfg.clip.model_config_file)
+    tokenizer = build_tokenizer(cfg.clip.model_config_file)
+    model.train()
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+    rng = np.random.default_rng(seed)
+    losses = []
+    bar = tqdm(range(steps), desc="toy clip", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
+        idx = rng.choice(len(images), size=batch, replace=False)
+        x = _to_tensor(images[idx])
+        tokens = tokenizer([caption(attrs[i], rng) for i in idx])
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tokens, normalize=True)
+        loss = loss_fn(img, txt, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return model.eval(), tokenizer, losses
+
+
+# -- stage 3: generator + encoder ------------------------------------------------------------------
+def train_autoencoder(images: np.ndarray, steps: int, batch: int, seed: int, lr: float = 2e-3, progress=True):
+    """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders."""
+    from ..nn.e4e import Encoder4Editing
+    from ..nn.stylegan2 import Generator
+
+    cfg = load_domain_config("toy")
+    torch.manual_seed(seed)
+    G = Generator.from_config(cfg.generator).train()
+    encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim).train()
+    latent_avg = torch.nn.Parameter(torch.zeros(G.n_latent, G.style_dim))
+    params = list(G.parameters()) + list(encoder.parameters()) + [latent_avg]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
+    rng = np.random.default_rng(seed + 1)
+    losses = []
+    bar = tqdm(range(steps), desc="toy generator+encoder", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
+        x = _to_tensor(images[rng.choice(len(images), size=batch, replace=False)])
+        w = encoder(x) + latent_avg[None]
+        x_hat = G.synthesis(w)
+        loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    return G.eval().requires_grad_(False), encoder.eval().requires_grad_(False), latent_avg.detach(), losses
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = False) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, force: bool = False, progress=True) -> dict:
+    """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json."""
+    from ..clip import DomainClip
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load_domain_config("toy")
+    summary: dict = {"seed": seed, "budget": asdict(budget), "timings": {}}
+    t0 = time.perf_counter()
+
+    def done(name):
+        return (out_dir / name).exists() and not force
+
+    images, attrs = render_dataset(budget.n_images, seed)
+    summary["timings"]["renders"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if not done("clip.safetensors"):
+        model, tokenizer, losses = train_clip(images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress)
+        _save_safetensors(model.state_dict(), out_dir / "clip.safetensors", half=True)
+        summary["clip_loss"] = [losses[0], float(np.mean(losses[-20:]))]
+    summary["timings"]["clip"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if not (done("generator.safetensors") and done("encoder.safetensors")):
+        G, encoder, latent_avg, losses = train_autoencoder(images, budget.ae_steps, budget.ae_batch, seed, progress=progress)
+        _save_safetensors(G.state_dict(), out_dir / "generator.safetensors")
+        _save_safetensors({**encoder.state_dict(), "latent_avg": latent_avg}, out_dir / "encoder.safetensors")
+        summary["ae_loss"] = [losses[0], float(np.mean(losses[-20:]))]
+    summary["timings"]["autoencoder"] = time.perf_counter() - t
+
+    # Later stages use the saved weights through the same loaders as every other domain.
+    from .. import models
+
+    models.clear_cache()
+    G = models.load_generator("toy", weights_dir=out_dir)
+    encoder, latent_avg = models.load_encoder("toy", weights_dir=out_dir)
+    clip = models.load_clip("toy", weights_dir=out_dir)
+    assert isinstance(clip, DomainClip)
+
+    t = time.perf_counter()
+    if not done("mapper.safetensors"):
+        codes_dir = Path(tempfile.mkdtemp(prefix="deltaedit-toy-codes-"))
+        from ..training.codes import load_codes, make_codes
+
+        n = min(budget.n_codes, len(images))
+        make_codes(
+            G, lambda x: clip.image_features(x, image_size=G.size), codes_dir, n=n, batch_size=64,
+            shard_size=4096, seed=seed, encoder=encoder, latent_avg=latent_avg,
+            images=(_to_tensor(images[i : i + 64]) for i in range(0, n, 64)), progress=progress,
+        )
+        summary["timings"]["codes"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from ..nn.stylespace import layout_from_generator
+        from ..training.mapper import train_mapper
+
+        _, s, c = load_codes(codes_dir)
+        result = train_mapper(
+            (s, c), layout_from_generator(G), cfg.clip.embed_dim, out_dir / "mapper.safetensors",
+            steps=budget.mapper_steps, seed=seed, progress=progress,
+        )
+        summary["mapper_loss"] = [result.train_losses[0], result.train_losses[-1]]
+        summary["mapper_val_loss"] = result.val_losses[-1] if result.val_losses else None
+        shutil.rmtree(codes_dir, ignore_errors=True)
+    summary["timings"]["mapper"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if not done("fs3.npy"):
+        from ..relevance import compute_fs3
+
+        fs3 = compute_fs3(G, clip, n_samples=budget.fs3_samples, seed=seed, progress=progress)
+        fs3 = fs3.numpy() if torch.is_tensor(fs3) else np.asarray(fs3)
+        tmp = out_dir / "fs3.tmp.npy"
+        np.save(tmp, fs3.astype(np.float32))
+        tmp.replace(out_dir / "fs3.npy")
+    summary["timings"]["relevance"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if not done("classifier.safetensors"):
+        from .classifier import save_classifier, train_classifier
+
+        clf = train_classifier(images=images, attrs=attrs, steps=budget.classifier_steps, seed=seed)
+        save_classifier(clf, out_dir / "classifier.safetensors")
+    summary["timings"]["classifier"] = time.perf_counter() - t
+    summary["timings"]["total"] = time.perf_counter() - t0
+    summary["files_mb"] = {p.name: round(p.stat().st_size / 2**20, 2) for p in sorted(out_dir.glob("*")) if p.is_file()}
+    (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2))
+    models.clear_cache()
+    return summary
+
+
+def smoke_budget(**overrides) -> ToyBudget:
+    return replace(SMOKE, **overrides)

@@ -1,0 +1,417 @@
+"""Text-free training of the Delta Mapper on pairs of latent codes (DeltaEdit, CVPR 2023, Sec. 3.3).
+
+As in the authors' `scripts/train.py` and `datasets/train_dataset.py`: each sample pairs code i with
+a uniformly random partner j; the condition is [c_i, normalize(c_j - c_i)] with c_i, c_j
+L2-normalised first (the delta's norm clamped at 1e-5); the target is Δs = s_j - s_i; the loss is
+1.0 * MSE + 1.0 * (1 - mean cosine similarity over the flat Δs); Adam, lr 0.5 (the layers scale it
+by lr_mul 0.01), batch 64. We add a seeded held-out split for a validation loss (pairs never cross
+the split) and resumable training state.
+
+Batches are a pure function of (seed, step): step k takes positions k*B .. k*B+B-1 of an endless
+stream of seeded per-epoch permutations, and partners come from a generator seeded with
+(seed, step). A resumed run therefore sees exactly the batches an uninterrupted one would.
+
+Weights: a `.pth` output is a plain `torch.save(state_dict)`, the `net_face.pth` format the
+official code loads; a `.safetensors` output gets a JSON sidecar (same stem) with the style layout
+and CLIP width. The training state (model + optimizer + step + losses) goes to
+`<out stem>.train_state.pt` and is what `resume` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..nn.mapper import DeltaMapper
+from ..nn.stylespace import StyleLayout
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pth", ".pt")
+SAFETENSORS_SUFFIX = ".safetensors"
+# Settings that fix the train/validation split; a resumed run must keep them.
+_SPLIT_KEYS = ("n", "seed", "val_fraction")
+
+
+@dataclass
+class TrainResult:
+    path: Path  # the mapper weights
+    train_losses: list[float]  # one per step, from step 0 (resumed runs include the earlier steps)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    state_path: Path | None = None  # training state for `resume`
+    steps: int = 0
+
+
+# ---- objective ----------------------------------------------------------------------------------
+
+
+def mapper_condition(c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+    """[c1/|c1|, normalize(c2/|c2| - c1/|c1|)] -> [B, 2D], the image-pair stand-in for the text delta."""
+    c1 = c1 / c1.norm(dim=-1, keepdim=True)
+    c2 = c2 / c2.norm(dim=-1, keepdim=True)
+    delta = c2 - c1
+    return torch.cat([c1, delta / delta.norm(dim=-1, keepdim=True).clamp(min=1e-5)], dim=-1)
+
+
+def mapper_loss(
+    pred: torch.Tensor, target: torch.Tensor, l2_lambda: float = 1.0, cos_lambda: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, MSE, 1 - mean cosine similarity) of predicted vs true Δs [B, S]."""
+    l2 = F.mse_loss(pred, target)
+    cos = 1 - F.cosine_similarity(pred, target, dim=-1).mean()
+    return l2_lambda * l2 + cos_lambda * cos, l2, cos
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, validation) code indices from a permutation seeded by `seed`."""
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 4:
+        n_val = max(n_val, 2)  # a pair needs two codes
+    if n - n_val < 2:
+        raise InputError(f"{n} codes leave fewer than 2 for training; make more codes or lower val_fraction")
+    order = np.random.default_rng([seed, 0]).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class PairSampler:
+    """Index pairs (i, partner) for step k, a pure function of (seed, k): resumable exactly."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int):
+        self.indices = np.asarray(indices)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.indices))
+        return self._perms[epoch]
+
+    def batch(self, step: int, slot: int = 0, slots: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `slot` of `slots` (one per process) at `step`."""
+        n = len(self.indices)
+        positions = (step * slots + slot) * self.batch_size + np.arange(self.batch_size)
+        first = np.array([self._perm(int(p // n))[p % n] for p in positions])
+        partner = np.random.default_rng([self.seed, 2, step, slot]).integers(0, n, self.batch_size)
+        return self.indices[first], self.indices[partner]
+
+
+def validation_pairs(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (i, partner) pairs inside the validation split, each code once as i."""
+    partner = np.random.default_rng([seed, 3]).integers(0, len(indices), len(indices))
+    return indices, indices[partner]
+
+
+def _batch_tensors(s: torch.Tensor, c: torch.Tensor, first, partner, device) -> tuple[torch.Tensor, ...]:
+    first, partner = torch.from_numpy(first), torch.from_numpy(partner)
+    s1, s2 = s[first].to(device), s[partner].to(device)
+    c1, c2 = c[first].to(device), c[partner].to(device)
+    return s1, mapper_condition(c1, c2), s2 - s1
+
+
+def _as_arrays(codes) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(codes, (str, os.PathLike)):
+        from .codes import load_codes
+
+        _, s, c = load_codes(codes)
+    else:
+        s, c = codes
+    s = torch.as_tensor(np.asarray(s, dtype=np.float32))
+    c = torch.as_tensor(np.asarray(c, dtype=np.float32))
+    if s.ndim != 2 or c.ndim != 2 or s.shape[0] != c.shape[0]:
+        raise InputError(
+            f"codes must be S [N, total] and CLIP [N, D] with equal N, got {tuple(s.shape)}, {tuple(c.shape)}"
+        )
+    return s, c
+
+
+# ---- weights and training state -----------------------------------------------------------------
+
+
+def state_path_for(out: Path) -> Path:
+    return Path(out).with_name(Path(out).stem + ".train_state.pt")
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # clone: saved tensors must not share storage with views of bigger ones
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def _torch_save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_mapper_weights(mapper: DeltaMapper, path: str | os.PathLike) -> Path:
+    """`.pth`/`.pt`: plain state dict (net_face.pth format); `.safetensors`: + JSON sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = _cpu_state(mapper)
+    if path.suffix in TORCH_SUFFIXES:
+        _torch_save_atomic(state, path)
+    elif path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        layout = mapper.layout
+        info = {
+            "widths": list(layout.widths),
+            "resolutions": list(layout.resolutions),
+            "clip_dim": mapper.clip_dim,
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(state, str(tmp), metadata={"deltaedit": json.dumps(info)})
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    else:
+        raise InputError(
+            f"mapper weights must end in .pth (official format) or .safetensors, got {path.name}"
+        )
+    return path
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling code."""
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise InputError(f"{path} is not a mapper checkpoint")
+    return state
+
+
+def load_mapper_weights(
+    path: str | os.PathLike, layout: StyleLayout | None = None, clip_dim: int | None = None
+) -> DeltaMapper:
+    """A DeltaMapper from `save_mapper_weights` output; a .pth needs `layout` and `clip_dim`."""
+    path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX and (layout is None or clip_dim is None):
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise InputError(f"{sidecar} (the mapper's layout) is missing; pass layout and clip_dim")
+        info = json.loads(sidecar.read_text())
+        layout = layout or StyleLayout(info["widths"], info["resolutions"])
+        clip_dim = clip_dim or info["clip_dim"]
+    if layout is None or clip_dim is None:
+        raise InputError(f"{path.name} holds no layout; pass the style layout and CLIP width")
+    mapper = DeltaMapper(layout, clip_dim)
+    mapper.load_state_dict(_read_weights(path), strict=True)
+    return mapper
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """A training state (or a bare mapper state dict, for fine-tuning from released weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"resume checkpoint {path} does not exist")
+    state = _read_weights(path)
+    return state if "model" in state else {"model": state}
+
+
+# ---- training loop ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validation_loss(mapper, s, c, pairs, batch_size: int, device, l2_lambda=1.0, cos_lambda=1.0) -> float:
+    was_training = mapper.training
+    mapper.eval()
+    first, partner = pairs
+    total = 0.0
+    for start in range(0, len(first), batch_size):
+        s1, cond, target = _batch_tensors(
+            s, c, first[start : start + batch_size], partner[start : start + batch_size], device
+        )
+        loss, _, _ = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
+        total += float(loss) * s1.shape[0]
+    mapper.train(was_training)
+    return total / max(len(first), 1)
+
+
+def train_mapper(
+    codes,
+    layout: StyleLayout,
+    clip_dim: int,
+    out: str | os.PathLike,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 0.5,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    resume: str | os.PathLike | None = None,
+    progress: bool = True,
+    log_every: int = 1000,
+    val_every: int = 5000,
+    save_every: int = 10000,
+    l2_lambda: float = 1.0,
+    cos_lambda: float = 1.0,
+    accelerator=None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train a DeltaMapper for `steps` optimiser steps in total (a resumed run continues to `steps`).
+
+    `codes` is a codes folder (`make_codes`) or a pair of arrays (S [N, total], CLIP [N, D]).
+    With an accelerate `accelerator` every process draws its own batch (global batch = B x
+    processes); otherwise training runs on `device` (default CPU).
+    """
+    out = Path(out)
+    if out.suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
+        raise InputError(f"--out must end in .pth (official format) or .safetensors, got {out.name}")
+    if steps < 0 or batch_size < 1:
+        raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
+    s, c = _as_arrays(codes)
+    if s.shape[1] != layout.total:
+        raise InputError(
+            f"the codes have {s.shape[1]} style values but the layout needs {layout.total}; wrong domain?"
+        )
+    if c.shape[1] != clip_dim:
+        raise InputError(
+            f"the codes have {c.shape[1]}-value CLIP features but the domain's CLIP has {clip_dim}"
+        )
+
+    settings = {
+        "n": int(s.shape[0]),
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "batch_size": int(batch_size),
+    }
+    train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
+    sampler = PairSampler(train_idx, batch_size, seed)
+    val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
+
+    torch.manual_seed(seed)  # same initial weights for the same seed
+    mapper = DeltaMapper(layout, clip_dim)
+    optimizer = torch.optim.Adam(mapper.parameters(), lr=lr)
+    start, train_losses, val_losses = 0, [], []
+    if resume is not None:
+        state = load_training_state(resume)
+        mapper.load_state_dict(state["model"], strict=True)
+        if "optimizer" in state:
+            old = state.get("settings", {})
+            diff = [k for k in _SPLIT_KEYS if k in old and old[k] != settings[k]]
+            if diff:
+                raise InputError(
+                    f"{resume} was trained with other {', '.join(diff)}; resume with the same codes and settings"
+                )
+            optimizer.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+            train_losses = [float(x) for x in state.get("train_losses", [])]
+            val_losses = [(int(a), float(b)) for a, b in state.get("val_losses", [])]
+        log.info("resumed from %s at step %d", resume, start)
+
+    if accelerator is not None:
+        mapper, optimizer = accelerator.prepare(mapper, optimizer)
+        device, rank, world, is_main = (
+            accelerator.device,
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.is_main_process,
+        )
+        unwrap = accelerator.unwrap_model
+    else:
+        device = torch.device(device or "cpu")
+        mapper.to(device)
+        _optimizer_to(optimizer, device)
+        rank, world, is_main = 0, 1, True
+        unwrap = lambda m: m  # noqa: E731
+    state_path = state_path_for(out)
+
+    def save_state(step: int) -> None:
+        if not is_main:
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": _cpu_state(unwrap(mapper)),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "settings": settings,
+            "train_losses": train_losses,
+            "val_losses": [list(v) for v in val_losses],
+        }
+        _torch_save_atomic(state, state_path)
+
+    def validate(step: int) -> None:
+        if val_pairs is None:
+            return
+        value = validation_loss(unwrap(mapper), s, c, val_pairs, batch_size, device, l2_lambda, cos_lambda)
+        val_losses.append((step, value))
+
+    pending: list[torch.Tensor] = []  # per-step losses still on the device (one sync per log line)
+    mapper.train()
+    bar = tqdm(
+        range(start, steps), initial=start, total=steps, desc="mapper", disable=not (progress and is_main)
+    )
+    for step in bar:
+        first, partner = sampler.batch(step, rank, world)
+        s1, cond, target = _batch_tensors(s, c, first, partner, device)
+        loss, l2, cos = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
+        l2, cos = l2.detach(), cos.detach()
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator is not None:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+        optimizer.step()
+        pending.append(loss.detach())
+
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            train_losses += torch.stack(pending).float().cpu().tolist()
+            pending = []
+            if done % val_every == 0 or done == steps:
+                validate(done)
+            val_text = f" val {val_losses[-1][1]:.4f}" if val_losses and val_losses[-1][0] == done else ""
+            bar.set_postfix(loss=f"{train_losses[-1]:.4f}")
+            if is_main:
+                log.info(
+                    "step %d train %.4f (mse %.4g, cos %.4f)%s",
+                    done,
+                    train_losses[-1],
+                    l2.item(),
+                    cos.item(),
+                    val_text,
+                )
+        if done % save_every == 0 and done != steps:
+            train_losses += torch.stack(pending).float().cpu().tolist() if pending else []
+            pending = []
+            save_state(done)
+    bar.close()
+
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    final = unwrap(mapper).cpu()
+    if is_main:
+        save_mapper_weights(final, out)
+        save_state(max(steps, start))
+        log.info("wrote %s and %s", out, state_path)
+    return TrainResult(
+        path=out,
+        train_losses=train_losses,
+        val_losses=val_losses,
+        state_path=state_path,
+        steps=max(steps, start),
+    )
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device) -> None:
+    """Move loaded optimizer moments to the model's device (they load on the CPU)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)

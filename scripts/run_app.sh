@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up and run the Gradio app: ./scripts/run_app.sh  (then open http://127.0.0.1:7860)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec python3 app.py "$@"
