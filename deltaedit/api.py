@@ -1,9 +1,9 @@
 """The Python API: `load_editor(domain, backbone)` returns an editor with `.edit(...)`.
 
-    >>> from deltaedit import load_editor
-    >>> editor = load_editor("toy", backbone="gan")
-    >>> result = editor.edit(latents=editor.sample(seed=3).w_plus, targets=["face with smile"])
-    >>> result.edited_images[0].save("smile.png")
+>>> from deltaedit import load_editor
+>>> editor = load_editor("toy", backbone="gan")
+>>> result = editor.edit(latents=editor.sample(seed=3).w_plus, targets=["face with smile"])
+>>> result.edited_images[0].save("smile.png")
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ class DomainClip:
         return result
 
     def embed_text(self, phrase: str) -> torch.Tensor:
-        """Unit-length [D] embedding of `phrase` averaged over the 79 templates (cached)."""
-        return self.text_embedding(phrase).vector
+        """Unit-length [D] embedding of `phrase` averaged over the 79 templates (cached; a copy)."""
+        return self.text_embedding(phrase).vector.clone()
 
     def embed_text_naive(self, phrase: str) -> torch.Tensor:
         """`embed_text` through full-context `model.encode_text` calls; uncached (for benchmarks)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import InputError
@@ -101,7 +101,7 @@ def list_domains() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not p.stem.startswith("clip_"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_domain_config(domain: str) -> DomainConfig:
     if domain not in list_domains():
         raise InputError(f"unknown domain {domain!r}; choose one of: {', '.join(list_domains())}")

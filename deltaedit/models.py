@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ def read_state_dict(path: Path, key: str | None = None, prefix: str | None = Non
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file ({exc}); delete it and retry") from exc
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({exc}); delete it and retry"
+            ) from exc
     else:
         state = weights.load_torch_file(path)
         if key is not None:
@@ -65,7 +67,7 @@ def _domain(domain: str | DomainConfig) -> DomainConfig:
     return domain if isinstance(domain, DomainConfig) else load_domain_config(domain)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _generator(domain: str, device: str, weights_dir: str | None):
     from .nn.stylegan2 import Generator
 
@@ -86,7 +88,7 @@ def load_generator(domain, device="cpu", weights_dir=None):
         return _generator(_domain(domain).id, str(device), _key(weights_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mapper(domain: str, device: str, weights_dir: str | None):
     from .nn.mapper import DeltaMapper
     from .nn.stylespace import layout_from_generator
@@ -103,7 +105,7 @@ def load_mapper(domain, device="cpu", weights_dir=None):
         return _mapper(_domain(domain).id, str(device), _key(weights_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoder(domain: str, device: str, weights_dir: str | None):
     from .nn.e4e import Encoder4Editing
 
@@ -135,7 +137,7 @@ def load_encoder(domain, device="cpu", weights_dir=None):
         return _encoder(_domain(domain).id, str(device), _key(weights_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _clip(domain: str, device: str, weights_dir: str | None):
     from .clip import DomainClip, load_clip_model
 
@@ -150,7 +152,7 @@ def load_clip(domain, device="cpu", weights_dir=None):
         return _clip(_domain(domain).id, str(device), _key(weights_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fs3(domain: str, weights_dir: str | None) -> torch.Tensor:
     from .relevance import load_fs3
 
@@ -163,7 +165,7 @@ def load_relevance(domain, weights_dir=None) -> torch.Tensor:
         return _fs3(_domain(domain).id, _key(weights_dir))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _aligner(domain: str, weights_dir: str | None):
     from .align import FaceAligner
 

@@ -108,6 +108,7 @@ def compute_fs3(
     progress: bool = True,
     decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     stats: dict | None = None,
+    codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """StyleCLIP global-direction relevance fs3 [S, D] (float32, CPU) of generator `G`.
 
@@ -120,6 +121,8 @@ def compute_fs3(
     `stats`, if given, receives seconds_per_batch, images_per_batch, batches (total needed),
     batches_run and projected_seconds, so a short run (`max_batches`) estimates the full cost:
     FFHQ needs 2 · 6048 · n_samples decodes.
+    `codes` (W+ [N, L, D]), if given, replaces sampling from z: the samples and the channel
+    statistics come from these codes (for generators trained as decoders, without a z prior).
     """
     from tqdm.auto import tqdm
 
@@ -134,8 +137,16 @@ def compute_fs3(
         list(range(layout.total)) if channels is None else list(channels), dtype=torch.long
     )
 
-    mean, std = (t.to(device) for t in channel_stats(G, n_stats, truncation, seed + 1))
-    w_plus = G.sample_w_plus(n_samples, truncation=truncation, seed=seed).to(device)
+    if codes is None:
+        mean, std = (t.to(device) for t in channel_stats(G, n_stats, truncation, seed + 1))
+        w_plus = G.sample_w_plus(n_samples, truncation=truncation, seed=seed).to(device)
+    else:
+        codes = codes.to(device)
+        all_s = torch.cat(w_plus_to_s(G, codes), dim=1)
+        mean, std = all_s.mean(0), all_s.std(0)
+        pick = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))[:n_samples]
+        w_plus = codes[pick.to(device)]
+        n_samples = len(w_plus)
     base = torch.cat(w_plus_to_s(G, w_plus), dim=1)
 
     jobs_per_batch = batch_size // 2  # each job is one (channel, sample) pair = two decodes

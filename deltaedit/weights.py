@@ -173,9 +173,19 @@ def _hf_cache() -> str | None:
 
 def _hub_cached(src: WeightSource) -> Path | None:
     """The file in huggingface_hub's cache, without any network access."""
-    if src.is_dir or not src.repo_id:
+    if not src.repo_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    if src.is_dir:
+        try:
+            return Path(
+                snapshot_download(
+                    src.repo_id, revision=src.revision, cache_dir=_hf_cache(), local_files_only=True
+                )
+            )
+        except Exception:  # not cached (or a malformed cache)
+            return None
 
     try:
         hit = try_to_load_from_cache(

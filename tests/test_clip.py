@@ -76,7 +76,10 @@ def test_cache_encodes_each_phrase_once(fresh_clip):
     assert len(calls) == 3
     torch.testing.assert_close(d1, d2)
     # Whitespace differences are the same phrase.
-    assert fresh_clip.embed_text("  face   with smile ") is fresh_clip.embed_text("face with smile")
+    assert fresh_clip.text_embedding("  face   with smile ") is fresh_clip.text_embedding("face with smile")
+    # Callers get copies: editing one in place cannot corrupt the cache.
+    fresh_clip.embed_text("face with smile").mul_(0)
+    assert abs(float(fresh_clip.embed_text("face with smile").norm()) - 1) < 1e-5
 
 
 def test_text_delta_is_raw_difference(fresh_clip):
@@ -196,3 +199,20 @@ def test_fast_path_is_3x_faster_at_vit_b32_width():
     t_fast = time.perf_counter() - t
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
     assert t_naive / t_fast >= 3, (t_naive, t_fast)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(toy_clip):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import copy
+
+    cuda = DomainClip(copy.deepcopy(toy_clip.model).cuda(), toy_clip.tokenizer, toy_clip.config)
+    emb = cuda.embed_text("face with smile")
+    assert emb.is_cuda
+    torch.testing.assert_close(emb.cpu(), toy_clip.embed_text("face with smile"), atol=1e-4, rtol=0)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    feats = cuda.image_features(images.cuda())
+    torch.testing.assert_close(feats.cpu(), toy_clip.image_features(images), atol=1e-3, rtol=0)
+    cond = cuda.condition(feats, cuda.text_delta("face with smile"))
+    assert cond.is_cuda and torch.isfinite(cond).all()

@@ -18,11 +18,20 @@ from deltaedit.toy.classifier import (
     save_classifier,
     train_classifier,
 )
-from deltaedit.toy.render import render_batch
+from deltaedit.toy.render import images_to_tensor, render_batch, render_many
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # These convs are tiny: on the shared 2-core machine one thread is faster than two fighting.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(_one_thread):
     # Brief training: enough to beat chance clearly, not the full >= 98 % recipe.
     torch.manual_seed(0)
     return train_classifier(n_images=600, steps=120, seed=0, batch_size=32)
@@ -70,8 +79,6 @@ def test_brief_training_beats_chance_on_held_out_renders(trained):
 def test_predict_reads_a_changed_attribute(trained):
     # Same faces rendered with hair switched: the predicted hair must follow for most of them.
     _, attrs = render_batch(40, seed=77)
-    from deltaedit.toy.render import images_to_tensor, render_many
-
     black = images_to_tensor(render_many([a.replace(hair_color="black") for a in attrs]))
     blond = images_to_tensor(render_many([a.replace(hair_color="blond") for a in attrs]))
     p_black, p_blond = predict(trained, black), predict(trained, blond)

@@ -84,7 +84,8 @@ def test_caption_names_everything_when_asked_often_enough():
     rng = np.random.default_rng(0)
     texts = [caption(face, rng) for _ in range(100)]
     assert any(
-        prompt_targets(t).items() >= {"hair_color": "red", "eyeglasses": "yes", "smile": "yes"}.items() for t in texts
+        prompt_targets(t).items() >= {"hair_color": "red", "eyeglasses": "yes", "smile": "yes"}.items()
+        for t in texts
     )
     assert any(t.startswith("chubby face") for t in texts)
     assert all("eyes" not in t and "bangs" not in t for t in texts)  # absent attributes never said

@@ -13,18 +13,29 @@ HELP = "edit a photo or W+ latents with a target text"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=["gan", "diffusion"], default="gan")
     p.add_argument("--domain", default="ffhq", help="domain id: ffhq or toy (default: ffhq)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="folder holding the weight files under their official names")
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="folder holding the weight files under their official names",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="a photo (JPEG/PNG/...)")
     src.add_argument("--latents", type=Path, help="a .npy of W+ latents, shape [18, 512] or [1, 18, 512]")
-    p.add_argument("--no-align", action="store_true", help="the photo is already aligned (skip face alignment)")
+    p.add_argument(
+        "--no-align", action="store_true", help="the photo is already aligned (skip face alignment)"
+    )
     p.add_argument("--target", required=True, action="append", help="target text; repeat for several edits")
     p.add_argument("--source", default=None, help="source text (default: the domain's neutral text)")
     p.add_argument("--strength", type=float, default=1.0, help="alpha in s + alpha*delta_s (default 1.0)")
-    p.add_argument("--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)")
+    p.add_argument(
+        "--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)"
+    )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion backbone only)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", type=Path, required=True, help="edited PNG (several targets: out, out_1, out_2, ...)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="edited PNG (several targets: out, out_1, out_2, ...)"
+    )
     p.add_argument("--source-out", type=Path, default=None, help="also write the reconstructed source PNG")
 
 

@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", default="toy", help="only the toy domain has an attribute classifier")
     p.add_argument("--backbone", choices=["gan", "diffusion"], default="gan")
     p.add_argument("--n", type=int, default=50, help="number of random faces (default 50)")
-    p.add_argument("--seed", type=int, default=1000, help="seed of the faces (default 1000, unseen in training)")
+    p.add_argument(
+        "--seed", type=int, default=1000, help="seed of the faces (default 1000, unseen in training)"
+    )
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=0.03)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion)")

@@ -12,8 +12,12 @@ HELP = "train every weight of the built-in toy domain (toy train), or render a c
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="toy_command", required=True)
-    t = sub.add_parser("train", help="train the toy CLIP, generator, encoder, mapper, relevance and classifier")
-    t.add_argument("--out", type=Path, default=None, help="output folder (default: assets/toy in the repository)")
+    t = sub.add_parser(
+        "train", help="train the toy CLIP, generator, encoder, mapper, relevance and classifier"
+    )
+    t.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: assets/toy in the repository)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="retrain stages whose files already exist")
     t.add_argument("--smoke", action="store_true", help="a few steps of every stage (to test the pipeline)")
@@ -31,6 +35,8 @@ def run(args) -> int:
         return 0
     from ..toy.train import ASSETS, FULL, SMOKE, train_toy
 
-    summary = train_toy(args.out or ASSETS, seed=args.seed, budget=SMOKE if args.smoke else FULL, force=args.force)
+    summary = train_toy(
+        args.out or ASSETS, seed=args.seed, budget=SMOKE if args.smoke else FULL, force=args.force
+    )
     print(json.dumps(summary, indent=2))
     return 0

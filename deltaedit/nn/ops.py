@@ -7,7 +7,9 @@ failure is logged once and the reference path is used instead, so ZeroGPU (no nv
 `set_default_impl` changes what `impl=None` means for the whole process.
 
 The compiled path only runs forward passes of `upfirdn2d` that need no gradient; the fused
-activation has a compiled forward and an autograd backward written in PyTorch.
+activation has a compiled forward and an autograd backward written in PyTorch. Measured on an H200
+(FFHQ 1024 synthesis, batch 4): reference 27.8 ms, compiled 31.6 ms -- cuDNN's depthwise conv is
+already fast, so "ref" stays the default and the compiled path is an option, not a speed-up.
 """
 
 from __future__ import annotations

@@ -145,6 +145,8 @@ class ModulatedConv2d(nn.Module):
 
     def forward_s(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The convolution given the style-space vector s [B, in_channel] directly."""
+        if x.shape[0] > 1:
+            return self._forward_s_batched(x, s)
         batch, in_channel, height, width = x.shape
         weight = self.scale * self.weight * s.view(batch, 1, in_channel, 1, 1)
         if self.demodulate:
@@ -163,6 +165,26 @@ class ModulatedConv2d(nn.Module):
             x, weight.reshape(batch * self.out_channel, in_channel, k, k), padding=self.padding, groups=batch
         )
         return out.view(batch, self.out_channel, *out.shape[2:])
+
+    def _forward_s_batched(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The same maths with the styles applied to activations instead of weights.
+
+        Scaling the input channels by s, convolving with the shared weight, then scaling each
+        output channel by its demodulation factor equals the per-sample modulated convolution,
+        but runs as one ordinary convolution instead of a grouped one: several times faster for
+        batches (training, several targets). Equal to the grouped path up to float rounding.
+        """
+        batch = x.shape[0]
+        weight = self.scale * self.weight[0]  # [out, in, k, k]
+        x = x * s.view(batch, -1, 1, 1)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            demod = torch.rsqrt(s.pow(2) @ weight.pow(2).sum([2, 3]).t() + 1e-8)  # [B, out]
+            out = out * demod.view(batch, self.out_channel, 1, 1)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, upsample={self.upsample}"

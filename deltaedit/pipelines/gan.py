@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ class SourceCodes:
     s: torch.Tensor  # [1, S]
     clip_feature: torch.Tensor  # [1, D], not normalised
     image: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1], decoded from the unedited S
+    input_image: torch.Tensor | None = None  # [1, 3, h, w] in [-1, 1]: the encoder's input (photos)
     notices: list[str] = field(default_factory=list)
 
 
@@ -71,6 +72,7 @@ class EditResult:
     timings: dict[str, float]
     source_tensor: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1]
     edited_tensor: torch.Tensor | None = None  # [T, 3, H, W] in [-1, 1]
+    input_tensor: torch.Tensor | None = None  # [1, 3, H, W]: what the diffusion backbone inverted
 
 
 def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
@@ -99,21 +101,67 @@ def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
 class GanEditor:
     """DeltaEdit-G for one domain; load with `GanEditor.load(domain, device, weights_dir)`."""
 
-    def __init__(self, config: DomainConfig, device: str = "cpu", weights_dir: str | Path | None = None):
+    def __init__(
+        self,
+        config: DomainConfig,
+        generator,
+        mapper,
+        clip,
+        fs3: torch.Tensor,
+        *,
+        device: str = "cpu",
+        weights_dir: str | Path | None = None,
+        encoder=None,
+        aligner=None,
+    ):
+        """Assemble an editor from loaded modules; `GanEditor.load` does it from weight files.
+
+        `encoder` ((module, latent_avg)) and `aligner` are loaded on first use when not given,
+        so editing latents never pays for them.
+        """
         self.config = config
         self.device = torch.device(device)
         self.weights_dir = weights_dir
-        self.generator = models.load_generator(config.id, str(device), weights_dir)
-        self.mapper = models.load_mapper(config.id, str(device), weights_dir)
-        self.clip = models.load_clip(config.id, str(device), weights_dir)
-        self.fs3 = models.load_relevance(config.id, weights_dir)
-        self.layout = layout_from_generator(self.generator)
+        self.generator = generator
+        self.mapper = mapper
+        self.clip = clip
+        self.fs3 = torch.as_tensor(fs3, dtype=torch.float32)
+        self.layout = layout_from_generator(generator)
+        self._encoder = encoder
+        self._aligner = aligner
         self._sources: OrderedDict[str, SourceCodes] = OrderedDict()
         self._sources_lock = threading.Lock()
 
     @classmethod
     def load(cls, domain: str = "ffhq", device: str = "cpu", weights_dir=None) -> GanEditor:
+        """The shared editor of a domain (each model is loaded once per process)."""
         return _cached_editor(domain, str(device), str(weights_dir) if weights_dir else None)
+
+    @classmethod
+    def from_weights(cls, domain: str, device: str = "cpu", weights_dir=None) -> GanEditor:
+        cfg = load_domain_config(domain)
+        return cls(
+            cfg,
+            models.load_generator(domain, device, weights_dir),
+            models.load_mapper(domain, device, weights_dir),
+            models.load_clip(domain, device, weights_dir),
+            models.load_relevance(domain, weights_dir),
+            device=device,
+            weights_dir=weights_dir,
+        )
+
+    @property
+    def encoder(self):
+        """(encoder, latent_avg [n_latent, style_dim])."""
+        if self._encoder is None:
+            self._encoder = models.load_encoder(self.config.id, str(self.device), self.weights_dir)
+        return self._encoder
+
+    @property
+    def aligner(self):
+        if self._aligner is None:
+            self._aligner = models.load_aligner(self.config.id, self.weights_dir)
+        return self._aligner
 
     # -- sources ---------------------------------------------------------------------------
     def _remember(self, key: str, make) -> SourceCodes:
@@ -137,7 +185,9 @@ class GanEditor:
             w_plus = w_plus[None]
         expected = (1, G.n_latent, G.style_dim)
         if tuple(w_plus.shape) != expected:
-            raise InputError(f"latents must have shape {list(expected[1:])} or {list(expected)}, got {list(w_plus.shape)}")
+            raise InputError(
+                f"latents must have shape {list(expected[1:])} or {list(expected)}, got {list(w_plus.shape)}"
+            )
         if not torch.isfinite(w_plus).all():
             raise InputError("latents contain NaN or Inf values")
         key = "w:" + hashlib.sha1(w_plus.numpy().tobytes()).hexdigest()
@@ -161,13 +211,13 @@ class GanEditor:
             notices: list[str] = []
             face = pil
             if align and self.config.align_faces:
-                face, notices = models.load_aligner(self.config.id, self.weights_dir).align(pil)
-            encoder, latent_avg = models.load_encoder(self.config.id, str(self.device), self.weights_dir)
+                face, notices = self.aligner.align(pil)
+            encoder, latent_avg = self.encoder
             x = to_tensor(face, self.config.encoder.input_size).to(self.device)
             w = encoder(x) + latent_avg[None]
             s = self.layout.join(w_plus_to_s(self.generator, w))
             feature = self.clip.image_features(x, image_size=self.config.encoder.input_size)
-            return SourceCodes(w, s, feature, None, list(notices))
+            return SourceCodes(w, s, feature, None, x, list(notices))
 
         return self._remember(key, make)
 
@@ -175,10 +225,62 @@ class GanEditor:
     def sample(self, seed: int) -> SourceCodes:
         """A random source drawn from the generator (seeded, truncated as the domain prescribes)."""
         seed = int(check_number("seed", seed, (0, 2**31 - 1)))
+        if self.config.extra.get("sampler") == "render":
+            # The toy generator is trained as a decoder (no adversarial prior on z), so its
+            # samples are renders of random attributes, inverted like any photo.
+            from ..toy.render import render_batch
+
+            images, _ = render_batch(1, seed)
+            return self.encode_image(Image.fromarray(images[0]), align=False)
         w = self.generator.sample_w_plus(1, truncation=self.config.truncation, seed=seed)
         return self.encode_latents(w.cpu())
 
     # -- editing ---------------------------------------------------------------------------
+    def prepare(
+        self, *, image=None, latents=None, codes: SourceCodes | None = None, align: bool = True
+    ) -> SourceCodes:
+        """The source's codes from exactly one of a photo, W+ latents or already computed codes."""
+        if sum(x is not None for x in (image, latents, codes)) != 1:
+            raise InputError("give exactly one of an image, latents or source codes")
+        if codes is not None:
+            return codes
+        return self.encode_image(image, align=align) if image is not None else self.encode_latents(latents)
+
+    @torch.no_grad()
+    def render(self, codes: SourceCodes) -> torch.Tensor:
+        """The unedited source decoded from its S (convs) and W+ (ToRGB), [1, 3, H, W]."""
+        return decode_s(self.generator, self.layout.split(codes.s), codes.w_plus)
+
+    def text_deltas(self, targets: list[str], source_text: str) -> tuple[torch.Tensor, list[str]]:
+        """Raw Δt [T, D] of each target against the source text, and notices about them."""
+        deltas, notices = [], []
+        for target in targets:
+            delta = self.clip.text_delta(target, source_text)
+            notices.extend(self.clip.notices(target, source_text))
+            if float(delta.norm()) == 0.0:
+                notices.append(f"target {target!r} equals the source text {source_text!r}: nothing to edit")
+            deltas.append(delta)
+        return torch.stack(deltas).to(self.device), notices
+
+    @torch.no_grad()
+    def style_deltas(self, codes: SourceCodes, delta_t: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Δs [T, S]: the mapper's output with irrelevant channels (|fs3 · Δt| < threshold) zeroed."""
+        T = delta_t.shape[0]
+        cond = self.clip.condition(codes.clip_feature.expand(T, -1), delta_t)
+        delta_s = self.mapper(codes.s.expand(T, -1), cond)
+        keep = select_channels(self.fs3, delta_t.float().cpu(), threshold)
+        delta_s = delta_s * torch.as_tensor(keep, device=self.device).to(delta_s.dtype)
+        delta_s[delta_t.norm(dim=-1) == 0] = 0  # target == source: no edit, never NaN
+        return delta_s
+
+    def resolve_request(self, targets, source, strength, threshold) -> tuple[list[str], str, float, float]:
+        """Validated (targets, source text, strength, threshold)."""
+        targets = normalise_targets(targets)
+        strength = check_number("strength", strength, STRENGTH_RANGE)
+        threshold = check_number("threshold", threshold, THRESHOLD_RANGE)
+        source_text = (source or "").strip() or self.config.neutral_text
+        return targets, source_text, strength, threshold
+
     @torch.no_grad()
     def edit(
         self,
@@ -193,70 +295,81 @@ class GanEditor:
         align: bool = True,
     ) -> EditResult:
         t0 = time.perf_counter()
-        targets = normalise_targets(targets)
-        strength = check_number("strength", strength, STRENGTH_RANGE)
-        threshold = check_number("threshold", threshold, THRESHOLD_RANGE)
-        source_text = (source if source is not None else self.config.neutral_text).strip()
-        if not source_text:
-            source_text = self.config.neutral_text
-        if sum(x is not None for x in (image, latents, codes)) != 1:
-            raise InputError("give exactly one of an image, latents or source codes")
-        if codes is None:
-            codes = self.encode_image(image, align=align) if image is not None else self.encode_latents(latents)
+        targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
+        codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
         timings = {"encode": time.perf_counter() - t0}
-        notices = list(codes.notices)
 
         t = time.perf_counter()
-        deltas_t = []
-        for target in targets:
-            emb = self.clip.text_delta(target, source_text)
-            notices.extend(getattr(self.clip, "last_notices", []) or [])
-            if float(emb.norm()) == 0.0:
-                notices.append(f"target {target!r} equals the source text: nothing to edit")
-            deltas_t.append(emb)
-        delta_t = torch.stack(deltas_t).to(self.device)  # [T, D] raw
+        delta_t, notices = self.text_deltas(targets, source_text)
         timings["text"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        T = len(targets)
-        cond = self.clip.condition(codes.clip_feature.expand(T, -1), delta_t)
-        delta_s = self.mapper(codes.s.expand(T, -1), cond)
-        keep = torch.stack([select_channels(self.fs3, d.cpu(), threshold) for d in delta_t]).to(self.device)
-        delta_s = delta_s * keep
-        zero = delta_t.norm(dim=-1) == 0
-        delta_s[zero] = 0
+        delta_s = self.style_deltas(codes, delta_t, threshold)
         s_edit = codes.s + strength * delta_s
         timings["mapper"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        # The source is rendered at most once per input; here only when it is still missing.
         batch = s_edit if codes.image is not None else torch.cat([codes.s, s_edit])
-        w = codes.w_plus.expand(batch.shape[0], -1, -1)
-        images = decode_s(self.generator, self.layout.split(batch), w)
+        images = decode_s(
+            self.generator, self.layout.split(batch), codes.w_plus.expand(batch.shape[0], -1, -1)
+        )
         if codes.image is None:
             codes.image, images = images[:1], images[1:]
         timings["decode"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        for n in dict.fromkeys(notices):
-            log.info("notice: %s", n)
-        images = images.float().cpu()
-        return EditResult(
-            source_image=tensor_to_pil(codes.image[0].float().cpu()),
-            edited_images=[tensor_to_pil(img) for img in images],
-            targets=targets,
-            source_text=source_text,
-            strength=strength,
-            threshold=threshold,
-            w_plus=codes.w_plus.cpu(),
-            s_source=codes.s.cpu(),
-            s_edited=s_edit.cpu(),
-            delta_s=delta_s.cpu(),
-            notices=list(dict.fromkeys(notices)),
-            timings=timings,
-            source_tensor=codes.image.float().cpu(),
-            edited_tensor=images,
+        return make_result(
+            codes,
+            codes.image,
+            images,
+            targets,
+            source_text,
+            strength,
+            threshold,
+            s_edit,
+            delta_s,
+            codes.notices + notices,
+            timings,
         )
 
 
-@lru_cache(maxsize=None)
+def make_result(
+    codes,
+    source,
+    edits,
+    targets,
+    source_text,
+    strength,
+    threshold,
+    s_edit,
+    delta_s,
+    notices,
+    timings,
+    input_tensor=None,
+) -> EditResult:
+    notices = list(dict.fromkeys(notices))
+    for n in notices:
+        log.info("notice: %s", n)
+    source, edits = source.float().cpu(), edits.float().cpu()
+    return EditResult(
+        source_image=tensor_to_pil(source[0]),
+        edited_images=[tensor_to_pil(img) for img in edits],
+        targets=targets,
+        source_text=source_text,
+        strength=strength,
+        threshold=threshold,
+        w_plus=codes.w_plus.cpu(),
+        s_source=codes.s.cpu(),
+        s_edited=s_edit.cpu(),
+        delta_s=delta_s.cpu(),
+        notices=notices,
+        timings=timings,
+        source_tensor=source,
+        edited_tensor=edits,
+        input_tensor=input_tensor,
+    )
+
+
+@cache
 def _cached_editor(domain: str, device: str, weights_dir: str | None) -> GanEditor:
-    return GanEditor(load_domain_config(domain), device, weights_dir)
+    return GanEditor.from_weights(domain, device, weights_dir)

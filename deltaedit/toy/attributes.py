@@ -52,7 +52,9 @@ PHRASES: dict[str, dict[str, str | None]] = {
     "clothes_color": {v: f"{_article(v)} {v} shirt" for v in ATTRIBUTES["clothes_color"]},
     "background_color": {v: f"{_article(v)} {v} background" for v in ATTRIBUTES["background_color"]},
 }
-ADJECTIVES: dict[str, dict[str, str | None]] = {"face_width": {"normal": None, "chubby": "chubby", "thin": "thin"}}
+ADJECTIVES: dict[str, dict[str, str | None]] = {
+    "face_width": {"normal": None, "chubby": "chubby", "thin": "thin"}
+}
 # Accepted spellings of a phrase besides the canonical one (prompts say "face with smile" too).
 ALIASES: dict[str, tuple[str, ...]] = {"a smile": ("smile",)}
 
@@ -144,9 +146,8 @@ def caption(attrs: FaceAttributes, rng: np.random.Generator) -> str:
     chosen = [ph for ph in phrases if rng.random() < p]
     order = rng.permutation(len(chosen))
     chosen = [chosen[i] for i in order]
-    for i, ph in enumerate(chosen):
-        if ph == "a smile" and rng.random() < 0.5:
-            chosen[i] = "smile"
+    # Alternative spellings half the time, so both "face with smile" and "... a smile" are familiar.
+    chosen = [ALIASES[ph][0] if ph in ALIASES and rng.random() < 0.5 else ph for ph in chosen]
     subject = NEUTRAL_TEXT
     if adjective is not None and rng.random() < p:
         subject = f"{adjective} {subject}"
@@ -268,5 +269,7 @@ def prompt_target(prompt: str) -> tuple[str, str]:
     """(attribute, value) a single-attribute prompt asks for: "face with blond hair" -> ("hair_color", "blond")."""
     targets = prompt_targets(prompt)
     if len(targets) != 1:
-        raise InputError(f"prompt {prompt!r} names {len(targets)} attributes; prompt_target needs exactly one")
+        raise InputError(
+            f"prompt {prompt!r} names {len(targets)} attributes; prompt_target needs exactly one"
+        )
     return next(iter(targets.items()))

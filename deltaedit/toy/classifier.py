@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import InputError, WeightsError
 from .attributes import ATTRIBUTES, FaceAttributes
-from .render import images_to_tensor, render_batch
+from .render import render_batch
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def _targets(attrs: list[FaceAttributes]) -> torch.Tensor:
     return torch.from_numpy(np.stack([a.to_vector() for a in attrs]))
 
 
-def classifier_loss(model: ToyAttributeClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def classifier_loss(
+    model: ToyAttributeClassifier, images: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Mean over attributes of the cross-entropy; targets int64 [B, n_attributes]."""
     logits = model(images)
     losses = [F.cross_entropy(logits[name], targets[:, i]) for i, name in enumerate(model.attributes)]
@@ -95,7 +97,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_classifier(
     n_images: int = 3000,
-    steps: int = 500,
+    steps: int = 700,
     seed: int = 0,
     batch_size: int = 64,
     lr: float = 2e-3,
@@ -134,7 +136,9 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict_indices(model: ToyAttributeClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_indices(
+    model: ToyAttributeClassifier, images: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """Class index per attribute: int64 [B, n_attributes] in the model's attribute order."""
     model.eval()
     device = next(model.parameters()).device
@@ -154,7 +158,9 @@ def predict(model: ToyAttributeClassifier, images: torch.Tensor) -> list[dict[st
     ]
 
 
-def evaluate_accuracy(model: ToyAttributeClassifier, n_images: int = 1000, seed: int = 12345) -> dict[str, float]:
+def evaluate_accuracy(
+    model: ToyAttributeClassifier, n_images: int = 1000, seed: int = 12345
+) -> dict[str, float]:
     """Per-attribute accuracy on fresh renders (use a seed the training did not)."""
     images, attrs = render_batch(n_images, seed, size=model.image_size, as_tensor=True)
     correct = predict_indices(model, images) == _targets(attrs)
@@ -185,7 +191,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Toy
             meta = f.metadata() or {}
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise WeightsError(f"{path} is not a readable safetensors file ({exc}); re-download or retrain it") from exc
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({exc}); re-download or retrain it"
+        ) from exc
     if "config" in meta:
         config = json.loads(meta["config"])
     elif path.with_suffix(".json").is_file():

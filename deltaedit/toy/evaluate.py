@@ -72,7 +72,9 @@ class EvalReport:
                 s, p, sim = score.means()
                 lines.append(f"{prompt:44s} {score.n:4d} {s:8.2f} {p:9.2f} {sim:8.3f}")
         s, p, sim = self.overall()
-        lines.append(f"\noverall (standard prompts): success {s:.2f}  preservation {p:.2f}  similarity {sim:.3f}")
+        lines.append(
+            f"\noverall (standard prompts): success {s:.2f}  preservation {p:.2f}  similarity {sim:.3f}"
+        )
         if self.reconstruction_psnr is not None:
             lines.append(f"reconstruction_psnr={self.reconstruction_psnr:.1f}")
         lines.append(f"success={s:.2f} preservation={p:.2f}")
@@ -92,7 +94,9 @@ def _score(report_scores, prompt, asked: dict[str, str], src_pred, edit_pred, si
 
 
 @torch.no_grad()
-def evaluate(editor, classifier, n: int = 50, seed: int = 1000, progress: bool = True, **edit_kwargs) -> EvalReport:
+def evaluate(
+    editor, classifier, n: int = 50, seed: int = 1000, progress: bool = True, **edit_kwargs
+) -> EvalReport:
     """Edit `n` fresh renders (seed `seed`) with every applicable prompt; see the module docstring."""
     images, attrs = render_batch(n, seed)
     report = EvalReport()
@@ -107,7 +111,9 @@ def evaluate(editor, classifier, n: int = 50, seed: int = 1000, progress: bool =
                 jobs.append((report.standard, prompt, None, prompt, asked))
         for source, target in SOURCE_TARGET_PAIRS:
             if all(truth[a] == v for a, v in prompt_targets(source).items()):
-                jobs.append((report.source_pairs, f"{source} -> {target}", source, target, prompt_targets(target)))
+                jobs.append(
+                    (report.source_pairs, f"{source} -> {target}", source, target, prompt_targets(target))
+                )
         for prompt in TWO_ATTRIBUTE_PROMPTS:
             asked = prompt_targets(prompt)
             if all(truth[a] != v for a, v in asked.items()):
@@ -116,12 +122,16 @@ def evaluate(editor, classifier, n: int = 50, seed: int = 1000, progress: bool =
         for job in jobs:
             by_source[job[2]].append(job)
         for source, group in by_source.items():
-            result = editor.edit(image=face, align=False, targets=[j[3] for j in group], source=source, **edit_kwargs)
+            result = editor.edit(
+                image=face, align=False, targets=[j[3] for j in group], source=source, **edit_kwargs
+            )
             src_pred = predict(classifier, result.source_tensor)[0]
             edit_preds = predict(classifier, result.edited_tensor)
             if source is None and getattr(result, "input_tensor", None) is not None:
                 psnrs.append(psnr(result.source_tensor, result.input_tensor))
-            for (scores, prompt, _, _, asked), edit_pred, edited in zip(group, edit_preds, result.edited_tensor):
+            for (scores, prompt, _, _, asked), edit_pred, edited in zip(
+                group, edit_preds, result.edited_tensor
+            ):
                 similarity = 1.0 - float((edited - result.source_tensor[0]).abs().mean()) / 2
                 _score(scores, prompt, asked, src_pred, edit_pred, similarity)
     if psnrs:

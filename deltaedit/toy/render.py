@@ -21,8 +21,18 @@ from .attributes import FaceAttributes
 
 HAIR_RGB = {"black": (28, 24, 24), "blond": (238, 206, 106), "red": (196, 58, 28), "brown": (104, 62, 34)}
 SKIN_RGB = {"pale": (252, 222, 204), "medium": (222, 168, 124), "tanned": (158, 104, 66)}
-CLOTHES_RGB = {"blue": (44, 84, 204), "green": (40, 156, 64), "purple": (128, 52, 160), "orange": (240, 128, 32)}
-BACKGROUND_RGB = {"gray": (132, 132, 132), "pink": (238, 166, 196), "cyan": (112, 214, 224), "white": (246, 246, 246)}
+CLOTHES_RGB = {
+    "blue": (44, 84, 204),
+    "green": (40, 156, 64),
+    "purple": (128, 52, 160),
+    "orange": (240, 128, 32),
+}
+BACKGROUND_RGB = {
+    "gray": (132, 132, 132),
+    "pink": (238, 166, 196),
+    "cyan": (112, 214, 224),
+    "white": (246, 246, 246),
+}
 FACE_HALF_WIDTH = {"normal": 0.18, "chubby": 0.235, "thin": 0.135}
 
 EYE_Y = 0.47
@@ -120,8 +130,14 @@ def _draw_face(c: _Canvas, a: FaceAttributes):
             ex = 0.5 + side * EYE_DX
             c.line(_ellipse(ex, EYE_Y, GLASSES_R, GLASSES_R * 0.85, n=28), FRAME_RGB, 0.02)
             # Temple arm from the rim to the side of the head.
-            c.line(np.array([[ex + side * GLASSES_R, EYE_Y - 0.01], [0.5 + side * rx, EYE_Y - 0.02]]), FRAME_RGB, 0.02)
-        c.line(np.array([[0.5 - EYE_DX + GLASSES_R, EYE_Y], [0.5 + EYE_DX - GLASSES_R, EYE_Y]]), FRAME_RGB, 0.02)
+            c.line(
+                np.array([[ex + side * GLASSES_R, EYE_Y - 0.01], [0.5 + side * rx, EYE_Y - 0.02]]),
+                FRAME_RGB,
+                0.02,
+            )
+        c.line(
+            np.array([[0.5 - EYE_DX + GLASSES_R, EYE_Y], [0.5 + EYE_DX - GLASSES_R, EYE_Y]]), FRAME_RGB, 0.02
+        )
 
 
 def render(attrs: FaceAttributes, size: int = 64, supersample: int = 4) -> Image.Image:

@@ -41,21 +41,28 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
 
 @dataclass(frozen=True)
 class ToyBudget:
-    n_images: int = 24000
-    clip_steps: int = 600
-    clip_batch: int = 192
-    ae_steps: int = 2500
-    ae_batch: int = 24
-    n_codes: int = 12000
-    mapper_steps: int = 6000
-    fs3_samples: int = 16
-    classifier_steps: int = 600
+    n_images: int = 20000
+    clip_steps: int = 800
+    clip_batch: int = 128
+    ae_steps: int = 1500
+    ae_batch: int = 16
+    n_codes: int = 10000
+    mapper_steps: int = 4000
+    fs3_samples: int = 4
+    classifier_steps: int = 700
 
 
 FULL = ToyBudget()
 SMOKE = ToyBudget(
-    n_images=256, clip_steps=3, clip_batch=16, ae_steps=3, ae_batch=4, n_codes=128, mapper_steps=3,
-    fs3_samples=1, classifier_steps=3,
+    n_images=256,
+    clip_steps=3,
+    clip_batch=16,
+    ae_steps=3,
+    ae_batch=4,
+    n_codes=128,
+    mapper_steps=3,
+    fs3_samples=1,
+    classifier_steps=3,
 )
 
 
@@ -75,7 +82,11 @@ def render_dataset(n: int, seed: int):
     from .render import render_batch
 
     images, attrs = render_batch(n, seed=seed)
-    images = images if isinstance(images, np.ndarray) else ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    images = (
+        images
+        if isinstance(images, np.ndarray)
+        else ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    )
     return images, attrs
 
 
@@ -95,7 +106,9 @@ def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr:
     loss_fn = open_clip.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr
+    )
     rng = np.random.default_rng(seed)
     losses = []
     bar = tqdm(range(steps), desc="toy clip", disable=not progress)
@@ -153,13 +166,17 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = F
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()
+    }
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
 
 
-def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, force: bool = False, progress=True) -> dict:
+def train_toy(
+    out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, force: bool = False, progress=True
+) -> dict:
     """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json."""
     from ..clip import DomainClip
 
@@ -177,14 +194,18 @@ def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, f
 
     t = time.perf_counter()
     if not done("clip.safetensors"):
-        model, tokenizer, losses = train_clip(images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress)
+        model, tokenizer, losses = train_clip(
+            images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress
+        )
         _save_safetensors(model.state_dict(), out_dir / "clip.safetensors", half=True)
         summary["clip_loss"] = [losses[0], float(np.mean(losses[-20:]))]
     summary["timings"]["clip"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if not (done("generator.safetensors") and done("encoder.safetensors")):
-        G, encoder, latent_avg, losses = train_autoencoder(images, budget.ae_steps, budget.ae_batch, seed, progress=progress)
+        G, encoder, latent_avg, losses = train_autoencoder(
+            images, budget.ae_steps, budget.ae_batch, seed, progress=progress
+        )
         _save_safetensors(G.state_dict(), out_dir / "generator.safetensors")
         _save_safetensors({**encoder.state_dict(), "latent_avg": latent_avg}, out_dir / "encoder.safetensors")
         summary["ae_loss"] = [losses[0], float(np.mean(losses[-20:]))]
@@ -206,9 +227,18 @@ def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, f
 
         n = min(budget.n_codes, len(images))
         make_codes(
-            G, lambda x: clip.image_features(x, image_size=G.size), codes_dir, n=n, batch_size=64,
-            shard_size=4096, seed=seed, encoder=encoder, latent_avg=latent_avg,
-            images=(_to_tensor(images[i : i + 64]) for i in range(0, n, 64)), progress=progress,
+            G,
+            lambda x: clip.image_features(x, image_size=G.size),
+            codes_dir,
+            n=n,
+            batch_size=64,
+            shard_size=4096,
+            seed=seed,
+            encoder=encoder,
+            latent_avg=latent_avg,
+            images=(_to_tensor(images[i : min(i + 64, n)]) for i in range(0, n, 64)),
+            progress=progress,
+            domain="toy",
         )
         summary["timings"]["codes"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -217,11 +247,18 @@ def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, f
 
         _, s, c = load_codes(codes_dir)
         result = train_mapper(
-            (s, c), layout_from_generator(G), cfg.clip.embed_dim, out_dir / "mapper.safetensors",
-            steps=budget.mapper_steps, seed=seed, progress=progress,
+            (s, c),
+            layout_from_generator(G),
+            cfg.clip.embed_dim,
+            out_dir / "mapper.safetensors",
+            steps=budget.mapper_steps,
+            seed=seed,
+            progress=progress,
         )
         summary["mapper_loss"] = [result.train_losses[0], result.train_losses[-1]]
         summary["mapper_val_loss"] = result.val_losses[-1] if result.val_losses else None
+        if result.state_path is not None:  # resumable training state: not part of the shipped weights
+            Path(result.state_path).unlink(missing_ok=True)
         shutil.rmtree(codes_dir, ignore_errors=True)
     summary["timings"]["mapper"] = time.perf_counter() - t
 
@@ -229,7 +266,11 @@ def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, f
     if not done("fs3.npy"):
         from ..relevance import compute_fs3
 
-        fs3 = compute_fs3(G, clip, n_samples=budget.fs3_samples, seed=seed, progress=progress)
+        with torch.no_grad():  # the toy generator has no z prior: perturb encoded renders
+            w = encoder(_to_tensor(images[:1024])) + latent_avg[None]
+        fs3 = compute_fs3(
+            G, clip, n_samples=budget.fs3_samples, batch_size=64, seed=seed, progress=progress, codes=w
+        )
         fs3 = fs3.numpy() if torch.is_tensor(fs3) else np.asarray(fs3)
         tmp = out_dir / "fs3.tmp.npy"
         np.save(tmp, fs3.astype(np.float32))
@@ -240,11 +281,15 @@ def train_toy(out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, f
     if not done("classifier.safetensors"):
         from .classifier import save_classifier, train_classifier
 
-        clf = train_classifier(images=images, attrs=attrs, steps=budget.classifier_steps, seed=seed)
+        clf = train_classifier(
+            n_images=min(6000, budget.n_images), steps=budget.classifier_steps, seed=seed + 7
+        )
         save_classifier(clf, out_dir / "classifier.safetensors")
     summary["timings"]["classifier"] = time.perf_counter() - t
     summary["timings"]["total"] = time.perf_counter() - t0
-    summary["files_mb"] = {p.name: round(p.stat().st_size / 2**20, 2) for p in sorted(out_dir.glob("*")) if p.is_file()}
+    summary["files_mb"] = {
+        p.name: round(p.stat().st_size / 2**20, 2) for p in sorted(out_dir.glob("*")) if p.is_file()
+    }
     (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2))
     models.clear_cache()
     return summary
