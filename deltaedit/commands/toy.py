@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..toy.train import STAGES
+
 NAME = "toy"
 HELP = "train every weight of the built-in toy domain (toy train), or render a contact sheet (toy sheet)"
 
@@ -20,7 +22,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="retrain stages whose files already exist")
-    t.add_argument("--smoke", action="store_true", help="a few steps of every stage (to test the pipeline)")
+    t.add_argument(
+        "--budget",
+        choices=["cpu", "gpu", "smoke"],
+        default="cpu",
+        help="steps per stage: cpu (this 2-core machine, no DeltaEdit-D), gpu (more steps, DeltaEdit-D too),"
+        " smoke (a few steps of every stage, to test the pipeline)",
+    )
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="run only these stages (e.g. clip and autoencoder in two processes at once)",
+    )
     s = sub.add_parser("sheet", help="write a PNG grid of random renders")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--n", type=int, default=16)
@@ -33,10 +49,16 @@ def run(args) -> int:
 
         print(f"wrote {save_contact_sheet(args.out, n=args.n, seed=args.seed)}")
         return 0
-    from ..toy.train import ASSETS, FULL, SMOKE, train_toy
+    from ..toy.train import ASSETS, FULL, GPU, SMOKE, train_toy
 
+    budget = {"cpu": FULL, "gpu": GPU, "smoke": SMOKE}[args.budget]
     summary = train_toy(
-        args.out or ASSETS, seed=args.seed, budget=SMOKE if args.smoke else FULL, force=args.force
+        args.out or ASSETS,
+        seed=args.seed,
+        budget=budget,
+        force=args.force,
+        stages=tuple(args.stages),
+        device=args.device,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -13,6 +13,7 @@ Equations cite Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (ICLR 2
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -47,6 +48,12 @@ def _config_dict(scheduler_config) -> dict:
     return {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
 
 
+def make_scheduler(cls, scheduler_config):
+    """Build a diffusers scheduler of class `cls`, passing only the config keys it knows."""
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in _config_dict(scheduler_config).items() if k in accepted})
+
+
 def _check_steps(steps: int, config: dict) -> None:
     limit = config.get("num_train_timesteps", 1000)
     if not isinstance(steps, int) or not 1 <= steps <= limit:
@@ -76,7 +83,7 @@ def ddim_invert(
     """
     config = _config_dict(scheduler_config)
     _check_steps(steps, config)
-    scheduler = DDIMInverseScheduler.from_config(config)
+    scheduler = make_scheduler(DDIMInverseScheduler, config)
     scheduler.set_timesteps(steps, device=x0.device)
     x = x0.float()
     trajectory = [x]
@@ -111,7 +118,7 @@ def ddim_sample(
     """
     config = _config_dict(scheduler_config)
     _check_steps(steps, config)
-    scheduler = DDIMScheduler.from_config(config)
+    scheduler = make_scheduler(DDIMScheduler, config)
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T.float()
     for i, t in enumerate(scheduler.timesteps):
@@ -162,11 +169,13 @@ class DiffusionBackbone:
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
         self.unet.save_pretrained(path)
-        DDIMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
+        make_scheduler(DDIMScheduler, self.scheduler_config).save_pretrained(path / "scheduler")
         return path
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> DiffusionBackbone:
-        self.unet.to(device=device, dtype=dtype)
+        kwargs = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
+        if kwargs:
+            self.unet.to(**kwargs)
         return self
 
     @property

@@ -268,8 +268,9 @@ class GanEditor:
         T = delta_t.shape[0]
         cond = self.clip.condition(codes.clip_feature.expand(T, -1), delta_t)
         delta_s = self.mapper(codes.s.expand(T, -1), cond)
-        keep = select_channels(self.fs3, delta_t.float().cpu(), threshold)
-        delta_s = delta_s * torch.as_tensor(keep, device=self.device).to(delta_s.dtype)
+        # One selection per target: select_channels takes a single Δt [D].
+        keep = torch.stack([select_channels(self.fs3, dt, threshold) for dt in delta_t.float().cpu()])
+        delta_s = delta_s * keep.to(device=self.device, dtype=delta_s.dtype)
         delta_s[delta_t.norm(dim=-1) == 0] = 0  # target == source: no edit, never NaN
         return delta_s
 

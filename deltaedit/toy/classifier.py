@@ -104,12 +104,13 @@ def train_classifier(
     augment: bool = True,
     model: ToyAttributeClassifier | None = None,
     progress: Callable[[int, float], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> ToyAttributeClassifier:
     """Train on `n_images` renders (seed `seed`) for `steps` Adam steps; returns the model in eval mode."""
     if n_images < 1 or steps < 0 or batch_size < 1:
         raise InputError("train_classifier needs n_images >= 1, steps >= 0 and batch_size >= 1")
     torch.manual_seed(seed)
-    model = model or ToyAttributeClassifier()
+    model = (model or ToyAttributeClassifier()).to(device)
     t0 = time.perf_counter()
     images, attrs = render_batch(n_images, seed, size=model.image_size, as_tensor=True)
     targets = _targets(attrs)
@@ -123,7 +124,7 @@ def train_classifier(
         x = images[idx]
         if augment:
             x = _augment(x, gen)
-        loss = classifier_loss(model, x, targets[idx])
+        loss = classifier_loss(model, x.to(device), targets[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -50,9 +50,25 @@ class ToyBudget:
     mapper_steps: int = 4000
     fs3_samples: int = 4
     classifier_steps: int = 700
+    diffusion_steps: int = 0  # DeltaEdit-D: too slow for this CPU budget; the GPU budget trains it
+    diffusion_batch: int = 32
 
 
 FULL = ToyBudget()
+# The same stages with more steps, for a GPU (minutes instead of an hour).
+GPU = ToyBudget(
+    n_images=30000,
+    clip_steps=1500,
+    clip_batch=256,
+    ae_steps=4000,
+    ae_batch=32,
+    n_codes=20000,
+    mapper_steps=10000,
+    fs3_samples=16,
+    classifier_steps=1500,
+    diffusion_steps=6000,
+    diffusion_batch=64,
+)
 SMOKE = ToyBudget(
     n_images=256,
     clip_steps=3,
@@ -63,6 +79,8 @@ SMOKE = ToyBudget(
     mapper_steps=3,
     fs3_samples=1,
     classifier_steps=3,
+    diffusion_steps=2,
+    diffusion_batch=4,
 )
 
 
@@ -77,21 +95,48 @@ def _lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def render_dataset(n: int, seed: int):
-    """(uint8 images [n, 64, 64, 3], attributes list) of the toy renderer."""
+RENDER_CHUNK = 2000
+
+
+def _render_chunk(args):
     from .render import render_batch
 
-    images, attrs = render_batch(n, seed=seed)
-    images = (
-        images
-        if isinstance(images, np.ndarray)
-        else ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
-    )
+    n, seed = args
+    return render_batch(n, seed=seed)
+
+
+def render_dataset(n: int, seed: int, workers: int | None = None):
+    """(uint8 images [n, 64, 64, 3], attributes list) of the toy renderer.
+
+    Rendered in chunks of RENDER_CHUNK with their own seeds, in worker processes: the result
+    depends on (n, seed) only, not on the number of workers.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(min(RENDER_CHUNK, n - i), seed * 100_003 + k) for k, i in enumerate(range(0, n, RENDER_CHUNK))]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_render_chunk, jobs))
+    else:
+        parts = [_render_chunk(job) for job in jobs]
+    images = np.concatenate([p[0] for p in parts])
+    attrs = [a for p in parts for a in p[1]]
     return images, attrs
 
 
 # -- stage 2: CLIP ----------------------------------------------------------------------------------
-def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr: float = 1e-3, progress=True):
+def train_clip(
+    images: np.ndarray,
+    attrs,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 1e-3,
+    progress=True,
+    device="cpu",
+):
     """Contrastive (InfoNCE both ways) training of the toy CLIP on renders and random captions."""
     import open_clip
 
@@ -100,7 +145,7 @@ def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr:
 
     cfg = load_domain_config("toy")
     torch.manual_seed(seed)
-    model = build_clip_from_config(cfg.clip.model_config_file)
+    model = build_clip_from_config(cfg.clip.model_config_file).to(device)
     tokenizer = build_tokenizer(cfg.clip.model_config_file)
     model.train()
     loss_fn = open_clip.ClipLoss()
@@ -116,8 +161,8 @@ def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
         idx = rng.choice(len(images), size=batch, replace=False)
-        x = _to_tensor(images[idx])
-        tokens = tokenizer([caption(attrs[i], rng) for i in idx])
+        x = _to_tensor(images[idx]).to(device)
+        tokens = tokenizer([caption(attrs[i], rng) for i in idx]).to(device)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
         loss = loss_fn(img, txt, model.logit_scale.exp())
@@ -126,22 +171,28 @@ def train_clip(images: np.ndarray, attrs, steps: int, batch: int, seed: int, lr:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return model.eval(), tokenizer, losses
+    return model.eval().cpu(), tokenizer, losses
 
 
 # -- stage 3: generator + encoder ------------------------------------------------------------------
-def train_autoencoder(images: np.ndarray, steps: int, batch: int, seed: int, lr: float = 2e-3, progress=True):
+def train_autoencoder(
+    images: np.ndarray, steps: int, batch: int, seed: int, lr: float = 2e-3, progress=True, device="cpu"
+):
     """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders."""
     from ..nn.e4e import Encoder4Editing
     from ..nn.stylegan2 import Generator
 
     cfg = load_domain_config("toy")
     torch.manual_seed(seed)
-    G = Generator.from_config(cfg.generator).train()
-    encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim).train()
-    latent_avg = torch.nn.Parameter(torch.zeros(G.n_latent, G.style_dim))
+    G = Generator.from_config(cfg.generator).train().to(device)
+    encoder = (
+        Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim)
+        .train()
+        .to(device)
+    )
+    latent_avg = torch.nn.Parameter(torch.zeros(G.n_latent, G.style_dim, device=device))
     params = list(G.parameters()) + list(encoder.parameters()) + [latent_avg]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
     rng = np.random.default_rng(seed + 1)
@@ -150,16 +201,17 @@ def train_autoencoder(images: np.ndarray, steps: int, batch: int, seed: int, lr:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
-        x = _to_tensor(images[rng.choice(len(images), size=batch, replace=False)])
+        x = _to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
         w = encoder(x) + latent_avg[None]
         x_hat = G.synthesis(w)
         loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    return G.eval().requires_grad_(False), encoder.eval().requires_grad_(False), latent_avg.detach(), losses
+    G, encoder = G.eval().requires_grad_(False).cpu(), encoder.eval().requires_grad_(False).cpu()
+    return G, encoder, latent_avg.detach().cpu(), losses
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = False) -> None:
@@ -174,8 +226,17 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = F
     tmp.replace(path)
 
 
+STAGES = ("clip", "autoencoder", "mapper", "relevance", "classifier", "diffusion")
+
+
 def train_toy(
-    out_dir: Path = ASSETS, seed: int = 0, budget: ToyBudget = FULL, force: bool = False, progress=True
+    out_dir: Path = ASSETS,
+    seed: int = 0,
+    budget: ToyBudget = FULL,
+    force: bool = False,
+    progress=True,
+    stages: tuple[str, ...] = STAGES,
+    device: str = "cpu",
 ) -> dict:
     """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json."""
     from ..clip import DomainClip
@@ -189,22 +250,25 @@ def train_toy(
     def done(name):
         return (out_dir / name).exists() and not force
 
+    def skip(stage):  # stages not asked for are left as they are
+        return stage not in stages
+
     images, attrs = render_dataset(budget.n_images, seed)
     summary["timings"]["renders"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    if not done("clip.safetensors"):
+    if not skip("clip") and not done("clip.safetensors"):
         model, tokenizer, losses = train_clip(
-            images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress
+            images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress, device=device
         )
         _save_safetensors(model.state_dict(), out_dir / "clip.safetensors", half=True)
         summary["clip_loss"] = [losses[0], float(np.mean(losses[-20:]))]
     summary["timings"]["clip"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if not (done("generator.safetensors") and done("encoder.safetensors")):
+    if not skip("autoencoder") and not (done("generator.safetensors") and done("encoder.safetensors")):
         G, encoder, latent_avg, losses = train_autoencoder(
-            images, budget.ae_steps, budget.ae_batch, seed, progress=progress
+            images, budget.ae_steps, budget.ae_batch, seed, progress=progress, device=device
         )
         _save_safetensors(G.state_dict(), out_dir / "generator.safetensors")
         _save_safetensors({**encoder.state_dict(), "latent_avg": latent_avg}, out_dir / "encoder.safetensors")
@@ -214,14 +278,17 @@ def train_toy(
     # Later stages use the saved weights through the same loaders as every other domain.
     from .. import models
 
+    if not {"mapper", "relevance", "classifier", "diffusion"} & set(stages):
+        return _finish(summary, out_dir, t0)
+
     models.clear_cache()
-    G = models.load_generator("toy", weights_dir=out_dir)
-    encoder, latent_avg = models.load_encoder("toy", weights_dir=out_dir)
-    clip = models.load_clip("toy", weights_dir=out_dir)
+    G = models.load_generator("toy", device, weights_dir=out_dir)
+    encoder, latent_avg = models.load_encoder("toy", device, weights_dir=out_dir)
+    clip = models.load_clip("toy", device, weights_dir=out_dir)
     assert isinstance(clip, DomainClip)
 
     t = time.perf_counter()
-    if not done("mapper.safetensors"):
+    if not skip("mapper") and not done("mapper.safetensors"):
         codes_dir = Path(tempfile.mkdtemp(prefix="deltaedit-toy-codes-"))
         from ..training.codes import load_codes, make_codes
 
@@ -254,6 +321,7 @@ def train_toy(
             steps=budget.mapper_steps,
             seed=seed,
             progress=progress,
+            device=device,
         )
         summary["mapper_loss"] = [result.train_losses[0], result.train_losses[-1]]
         summary["mapper_val_loss"] = result.val_losses[-1] if result.val_losses else None
@@ -263,35 +331,95 @@ def train_toy(
     summary["timings"]["mapper"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if not done("fs3.npy"):
+    if not skip("relevance") and not done("fs3.npy"):
         from ..relevance import compute_fs3
 
         with torch.no_grad():  # the toy generator has no z prior: perturb encoded renders
-            w = encoder(_to_tensor(images[:1024])) + latent_avg[None]
+            w = encoder(_to_tensor(images[:1024]).to(device)) + latent_avg[None]
         fs3 = compute_fs3(
             G, clip, n_samples=budget.fs3_samples, batch_size=64, seed=seed, progress=progress, codes=w
         )
-        fs3 = fs3.numpy() if torch.is_tensor(fs3) else np.asarray(fs3)
+        fs3 = fs3.cpu().numpy() if torch.is_tensor(fs3) else np.asarray(fs3)
         tmp = out_dir / "fs3.tmp.npy"
         np.save(tmp, fs3.astype(np.float32))
         tmp.replace(out_dir / "fs3.npy")
     summary["timings"]["relevance"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if not done("classifier.safetensors"):
+    if not skip("classifier") and not done("classifier.safetensors"):
         from .classifier import save_classifier, train_classifier
 
         clf = train_classifier(
-            n_images=min(6000, budget.n_images), steps=budget.classifier_steps, seed=seed + 7
+            n_images=min(6000, budget.n_images), steps=budget.classifier_steps, seed=seed + 7, device=device
         )
-        save_classifier(clf, out_dir / "classifier.safetensors")
+        save_classifier(clf.cpu(), out_dir / "classifier.safetensors")
     summary["timings"]["classifier"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if not skip("diffusion") and budget.diffusion_steps > 0 and not done("diffusion"):
+        from ..training.diffusion import train_diffusion
+
+        # DeltaEdit-D is text-free too: renders and the style codes of their encodings.
+        n = min(budget.n_codes, len(images))
+        x = _to_tensor(images[:n])
+        with torch.no_grad():
+            s_codes = torch.cat(
+                [
+                    _style_codes(G, encoder, latent_avg, x[i : i + 256].to(device)).cpu()
+                    for i in range(0, n, 256)
+                ]
+            )
+        run_dir = Path(tempfile.mkdtemp(prefix="deltaedit-toy-diffusion-"))
+        train_diffusion(
+            (x, s_codes),
+            config="toy",
+            out_dir=run_dir,
+            steps=budget.diffusion_steps,
+            batch_size=budget.diffusion_batch,
+            lr=2e-4,
+            seed=seed,
+            progress=progress,
+            sample_every=max(budget.diffusion_steps // 4, 1),
+            checkpoint_every=10**9,
+            ema_decay=0.999,
+        )
+        _copy_diffusion_weights(run_dir, out_dir / "diffusion")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    summary["timings"]["diffusion"] = time.perf_counter() - t
+    models.clear_cache()
+    return _finish(summary, out_dir, t0)
+
+
+def _style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:
+    from ..nn.stylespace import layout_from_generator, w_plus_to_s
+
+    w = encoder(x) + latent_avg[None]
+    return layout_from_generator(G).join(w_plus_to_s(G, w))
+
+
+def _copy_diffusion_weights(run_dir: Path, target: Path) -> None:
+    """Keep only what `DiffusionBackbone.from_pretrained` reads (no optimizer state, no samples)."""
+    from ..pipelines.diffusion import DiffusionBackbone
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    DiffusionBackbone.from_pretrained(run_dir).save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+
+
+def _finish(summary: dict, out_dir: Path, t0: float) -> dict:
     summary["timings"]["total"] = time.perf_counter() - t0
     summary["files_mb"] = {
-        p.name: round(p.stat().st_size / 2**20, 2) for p in sorted(out_dir.glob("*")) if p.is_file()
+        str(p.relative_to(out_dir)): round(p.stat().st_size / 2**20, 2)
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.name != "train_log.json"
     }
-    (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2))
-    models.clear_cache()
+    log_path = out_dir / "train_log.json"
+    previous = json.loads(log_path.read_text()) if log_path.exists() else {}
+    previous.update({k: v for k, v in summary.items() if k != "timings"})
+    previous.setdefault("timings", {}).update(summary["timings"])
+    log_path.write_text(json.dumps(previous, indent=2))
     return summary
 
 

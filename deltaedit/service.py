@@ -1,0 +1,356 @@
+"""The thin layer between the Gradio page (`app.py`) and the library: no gradio here.
+
+It validates what a page or API request sends, picks the shared cached editor, runs the edit and
+turns the library's result into what the page shows (images, captions, PNG files to download, a
+short Markdown summary with the time taken and the notices). Library errors (`DeltaEditError`)
+pass through unchanged; `app.py` turns them into `gr.Error`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from PIL import Image
+
+from .api import load_editor
+from .config import list_domains, load_domain_config
+from .errors import DeltaEditError, InputError, WeightsError
+from .imageio import tensor_to_pil
+
+log = logging.getLogger(__name__)
+
+# On CUDA machines (ZeroGPU included: `spaces` makes CUDA visible at import) the models live on
+# the GPU from the start; elsewhere on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKBONE_NAMES = {"gan": "DeltaEdit-G", "diffusion": "DeltaEdit-D"}
+D_UNAVAILABLE = "DeltaEdit-D weights are not available for this domain"
+MAX_SEED = 2**31 - 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A report computed offline (`python -m deltaedit analyze --domain toy --out assets/deltaspace`).
+CACHED_REPORT_DIR = REPO_ROOT / "assets" / "deltaspace"
+
+
+# ---------------------------------------------------------------- domains and models
+
+
+def domain_choices() -> list[tuple[str, str]]:
+    """(label, id) pairs for a dropdown, the built-in toy domain first."""
+    ids = sorted(list_domains(), key=lambda d: (d != "toy", d))
+    return [(load_domain_config(d).label, d) for d in ids]
+
+
+def check_domain(domain) -> str:
+    if domain not in list_domains():
+        raise InputError(f"unknown domain {domain!r}; choose one of: {', '.join(list_domains())}")
+    return domain
+
+
+def neutral_text(domain: str) -> str:
+    return load_domain_config(check_domain(domain)).neutral_text
+
+
+def example_prompts(domain: str) -> list[str]:
+    return list(load_domain_config(check_domain(domain)).example_prompts)
+
+
+def get_editor(domain: str, backbone: str = "gan"):
+    """The process-wide cached editor (the library caches it); D's missing weights say so plainly."""
+    domain = check_domain(domain)
+    if backbone != "diffusion":
+        return load_editor(domain, backbone, DEVICE)
+    try:
+        return load_editor(domain, backbone, DEVICE)
+    except WeightsError as exc:
+        raise WeightsError(f"{D_UNAVAILABLE} ({load_domain_config(domain).label}). {exc}") from exc
+    except InputError as exc:  # e.g. a domain without a diffusion model, or a model of another domain
+        raise WeightsError(f"{D_UNAVAILABLE} ({load_domain_config(domain).label}): {exc}") from exc
+
+
+def domain_status(domain: str) -> str:
+    """Load the domain's DeltaEdit-G models (a no-op when cached); a Markdown line saying how it went."""
+    label = load_domain_config(check_domain(domain)).label
+    t0 = time.perf_counter()
+    try:
+        get_editor(domain, "gan")
+    except DeltaEditError as exc:
+        return f"**{label}: the models could not be loaded.**\n\n```\n{exc}\n```"
+    return f"{label}: ready ({time.perf_counter() - t0:.1f} s)."
+
+
+def diffusion_status(domain: str) -> str:
+    """'' when DeltaEdit-D can run on `domain`, otherwise a Markdown line saying why not."""
+    try:
+        get_editor(domain, "diffusion")
+    except DeltaEditError as exc:
+        first = str(exc).split(". ", 1)[0].split(" (", 1)[0]
+        return f"**{first}.** DeltaEdit-G still works; the details:\n\n```\n{exc}\n```"
+    return ""
+
+
+def preload(domains: list[str]) -> dict[str, str]:
+    """Load each domain's editors at import (so requests never pay for it); failures are reported."""
+    status = {}
+    for domain in domains:
+        status[domain] = domain_status(domain)
+        diffusion_status(domain)
+        log.info("preload %s: %s", domain, status[domain])
+    return status
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _remove_if_owner(folder: Path, pid: int) -> None:
+    # Forked workers (ZeroGPU runs GPU calls in one) inherit atexit hooks: only the creator cleans.
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class OutputStore:
+    """PNG files offered for download, in one temp folder removed at exit; old files are pruned."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self.max_age_s = max_age_s
+        self._dir: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        with self._lock:
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="deltaedit-app-"))
+                atexit.register(_remove_if_owner, self._dir, os.getpid())
+            return self._dir
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.max_age_s
+        for old in self.path.glob("*.png"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:  # pruned by a concurrent request
+                pass
+
+    def save(self, image: Image.Image, stem: str) -> Path:
+        self.prune()
+        safe = "".join(c if c.isalnum() else "_" for c in stem)[:40].strip("_") or "edit"
+        path = self.path / f"{safe}-{uuid.uuid4().hex[:8]}.png"
+        image.save(path, format="PNG")
+        return path
+
+
+OUTPUTS = OutputStore()
+
+
+# ---------------------------------------------------------------- requests
+
+
+def check_seed(seed) -> int:
+    try:
+        value = float(seed)
+    except (TypeError, ValueError):
+        raise InputError(f"the seed must be a whole number between 0 and {MAX_SEED}, got {seed!r}") from None
+    if not value.is_integer() or not 0 <= value <= MAX_SEED:
+        raise InputError(f"the seed must be a whole number between 0 and {MAX_SEED}, got {seed!r}")
+    return int(value)
+
+
+def codes_image(codes) -> Image.Image:
+    """The picture a source's codes came from (the render or photo input, else the decoded sample)."""
+    x = codes.input_image if codes.input_image is not None else codes.image
+    return tensor_to_pil(x[0].float().cpu())
+
+
+def sample(domain: str, seed) -> Image.Image:
+    """The seeded random source of a domain, as a picture."""
+    editor = get_editor(domain, "gan")
+    return codes_image(editor.sample(check_seed(seed)))
+
+
+@dataclass
+class EditView:
+    """An edit as the page shows it."""
+
+    backbone: str
+    source_image: Image.Image
+    edited_images: list[Image.Image]
+    targets: list[str]
+    files: list[Path]
+    notices: list[str]
+    seconds: float
+    summary: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def gallery(self) -> list[tuple[Image.Image, str]]:
+        return list(zip(self.edited_images, self.targets))
+
+
+def _summary(view: EditView, source_text: str, strength: float, threshold: float, steps) -> str:
+    name = BACKBONE_NAMES[view.backbone]
+    knobs = f"strength {strength:g}, threshold {threshold:g}" + (f", {steps} DDIM steps" if steps else "")
+    lines = [f"**{name}**: {len(view.targets)} edit(s) in **{view.seconds:.2f} s** ({knobs}; source text “{source_text}”)."]
+    lines += [f"- ⚠️ {n}" for n in view.notices]
+    return "\n".join(lines)
+
+
+def edit(
+    backbone: str,
+    domain: str,
+    image=None,
+    source: str | None = None,
+    target: str = "",
+    strength: float = 1.0,
+    threshold: float = 0.03,
+    seed=0,
+    align: bool = True,
+    steps: int | None = None,
+) -> EditView:
+    """Edit a photo (path, bytes or PIL) or, with no image, the seeded random sample.
+
+    `target` holds one prompt per line; each gives one edited image.
+    """
+    if backbone not in BACKBONE_NAMES:
+        raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    t0 = time.perf_counter()
+    if not (target or "").strip():
+        raise InputError("the target text is empty: describe the edit, e.g. 'face with smile'")
+    seed = check_seed(seed)
+    editor = get_editor(domain, backbone)
+    codes = editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
+    kwargs = dict(
+        codes=codes, targets=target, source=source, strength=strength, threshold=threshold, align=bool(align)
+    )
+    if backbone == "diffusion":
+        kwargs["steps"] = steps if steps is not None else 50
+    result = editor.edit(**kwargs)
+    seconds = time.perf_counter() - t0
+    view = EditView(
+        backbone=backbone,
+        source_image=result.source_image,
+        edited_images=list(result.edited_images),
+        targets=list(result.targets),
+        files=[],
+        notices=list(result.notices),
+        seconds=seconds,
+        extra={"timings": dict(result.timings), "seed": None if image is not None else seed},
+    )
+    view.summary = _summary(view, result.source_text, result.strength, result.threshold, kwargs.get("steps"))
+    if image is None:
+        view.summary += f"\n\nSource: random sample, seed {seed}."
+    return view
+
+
+def save_files(view: EditView) -> EditView:
+    """Write the edited images as PNGs for download (in the web process, not a GPU worker)."""
+    view.files = [OUTPUTS.save(img, f"{view.backbone}-{t}") for img, t in zip(view.edited_images, view.targets)]
+    return view
+
+
+@dataclass
+class CompareView:
+    source_image: Image.Image
+    gan: EditView
+    diffusion: EditView | None
+    summary: str
+
+
+def compare(
+    domain: str,
+    image=None,
+    source: str | None = None,
+    target: str = "",
+    strength: float = 1.0,
+    threshold: float = 0.03,
+    seed=0,
+    align: bool = True,
+    steps: int = 50,
+) -> CompareView:
+    """Both backbones on the same input and the first target line; D may be unavailable."""
+    first = next((line.strip() for line in (target or "").splitlines() if line.strip()), "")
+    common = dict(
+        domain=domain,
+        image=image,
+        source=source,
+        target=first,
+        strength=strength,
+        threshold=threshold,
+        seed=seed,
+        align=align,
+    )
+    gan = edit("gan", **common)
+    lines = [f"| backbone | time |\n| --- | --- |\n| DeltaEdit-G | {gan.seconds:.2f} s |"]
+    try:
+        diffusion = edit("diffusion", steps=steps, **common)
+        lines[0] += f"\n| DeltaEdit-D ({steps} steps) | {diffusion.seconds:.2f} s |"
+    except WeightsError as exc:
+        diffusion = None
+        lines.append(f"**DeltaEdit-D:** {str(exc).split('. ', 1)[0]}.")
+    if len((target or "").strip().splitlines()) > 1:
+        lines.append(f"Compare uses the first target line only: “{first}”.")
+    notices = dict.fromkeys(gan.notices + (diffusion.notices if diffusion else []))
+    lines += [f"- ⚠️ {n}" for n in notices]
+    return CompareView(gan.source_image, gan, diffusion, "\n\n".join(lines))
+
+
+# ---------------------------------------------------------------- DeltaSpace report
+
+_REPORT_LOCK = threading.Lock()
+_REPORT: dict | None = None
+
+
+def deltaspace_report(count: int = 200, tsne_iter: int = 300) -> dict:
+    """The toy domain's DeltaSpace alignment report: {'table', 'report', 'pictures'}.
+
+    Read from `assets/deltaspace/report.json` when it exists, else computed once per process
+    from `count` toy renders and their captions through the toy CLIP (a few seconds on a CPU).
+    """
+    global _REPORT
+    with _REPORT_LOCK:
+        if _REPORT is None:
+            _REPORT = _load_cached_report() or _compute_report(count, tsne_iter)
+        return _REPORT
+
+
+def _bundle(report: dict, folder: Path) -> dict:
+    from .analysis import format_table
+
+    pictures = [folder / f"{kind}_tsne.png" for kind in ("raw", "delta")]
+    return {"table": format_table(report), "report": report, "pictures": [p for p in pictures if p.is_file()]}
+
+
+def _load_cached_report() -> dict | None:
+    import json
+
+    path = CACHED_REPORT_DIR / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        return _bundle(json.loads(path.read_text()), CACHED_REPORT_DIR)
+    except (ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+def _compute_report(count: int, tsne_iter: int) -> dict:
+    from . import analysis
+    from .commands.analyze import features_from_toy
+
+    args = SimpleNamespace(count=count, render_seed=0, device=DEVICE, weights_dir=None, batch_size=64)
+    image, text = features_from_toy(args)
+    report = analysis.alignment_report(image, text, seed=0)
+    delta = analysis.pair_deltas(image, text, seed=0)
+    out = OUTPUTS.path / "deltaspace"
+    analysis.write_report(report, out, raw=(image, text), delta=delta, tsne_iter=tsne_iter)
+    return _bundle(report, out)

@@ -1,0 +1,406 @@
+"""Training DeltaEdit-D: a `StyleConditionedUNet` learns ε-prediction on (image, style code s) pairs.
+
+Text-free like the mapper: every training image comes with its own StyleGAN style code s (for real
+photos: encoder -> W+ -> S; for generated images: the code that rendered them). The UNet learns
+p(x | s), so at edit time s + Δs from the Delta Mapper moves the decoded image.
+
+Data (`train_diffusion(dataset=...)`):
+- a folder of shards: pairs `NAME.images.npy` (uint8 [N, H, W, 3]) + `NAME.styles.npy` (float32 or
+  float16 [N, S]), row i of one matching row i of the other; write them with `write_shard`;
+- a folder of images (png/jpg/webp) plus a `style_fn(images [B,3,H,W] in [-1,1]) -> s [B,S]`: the
+  images are encoded once into shards under `OUT/shards/` (`encode_image_folder`);
+- a `(images [N,3,H,W] in [-1,1], styles [N,S])` tuple, or any torch Dataset yielding such pairs.
+No horizontal flips: s describes the unflipped image.
+
+Objective: standard DDPM ε-prediction MSE, ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t, s)‖², t uniform over the
+1000-step linear schedule (the schedule `deltaedit.pipelines.diffusion` inverts with). AdamW, EMA
+weights (diffusers `EMAModel` with warm-up), gradient clipping, `accelerate` for multi-GPU (plain
+CPU works too). The output folder holds the EMA weights (`save_pretrained`), `scheduler/`,
+`samples/step_XXXXXX.png` (top row: training images, bottom row: sampled from their s),
+`log.jsonl`, and `checkpoint/` (optimizer, EMA, step) that `resume=` continues from.
+
+Expected FFHQ cost at 256 px (`FFHQ_CONFIG`, ~114M parameters). Measured: one forward+backward
+pass of the FFHQ UNet on a 256 px image costs ~0.37 TFLOP (torch's FLOP counter: 124 GFLOP forward,
+3x for forward+backward) and took ~50 s per image on this 2-core CPU, i.e. CPU training is out of
+the question. On GPU, assuming an H100 sustains ~30% of its 990 bf16 dense TFLOP/s on this
+conv-heavy model (~300 TFLOP/s), a step of batch 64 takes ~0.08 s; the DDPM CelebA-HQ-256 recipe
+(~500k steps at batch 64) is then ~11 GPU-hours on one H100, and ~2-3 days on one A100-class
+card at 40% of 312 TFLOP/s. A usable model for editing is typically reached after 100-200k steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InputError
+from ..nn.style_unet import PRESETS, StyleConditionedUNet
+from ..pipelines.diffusion import DEFAULT_SCHEDULER_CONFIG, ddim_sample, make_scheduler
+
+log = logging.getLogger(__name__)
+
+IMAGES_SUFFIX = ".images.npy"
+STYLES_SUFFIX = ".styles.npy"
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+StyleFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------- data
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """[N,3,H,W] in [-1,1] -> uint8 [N,H,W,3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_shard(folder: str | Path, name: str, images, styles) -> Path:
+    """Write one shard: images ([N,3,H,W] float in [-1,1] or uint8 [N,H,W,3]) and styles [N,S]."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        images = to_uint8_hwc(images)
+    images = np.asarray(images)
+    styles = np.asarray(styles.detach().cpu() if isinstance(styles, torch.Tensor) else styles, np.float32)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise InputError(f"shard images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
+        raise InputError(f"shard styles must be [{images.shape[0]}, S], got {styles.shape}")
+    np.save(folder / f"{name}{IMAGES_SUFFIX}", images)
+    np.save(folder / f"{name}{STYLES_SUFFIX}", styles)
+    return folder
+
+
+class ShardDataset(Dataset):
+    """(image [3,H,W] in [-1,1], s [S]) pairs read lazily (memory-mapped) from a folder of shards."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        image_files = sorted(folder.glob(f"*{IMAGES_SUFFIX}"))
+        if not image_files:
+            raise InputError(f"no *{IMAGES_SUFFIX} shards in {folder}; write them with write_shard()")
+        self.images, self.styles = [], []
+        for path in image_files:
+            style_path = path.with_name(path.name[: -len(IMAGES_SUFFIX)] + STYLES_SUFFIX)
+            if not style_path.is_file():
+                raise InputError(f"shard {path.name} has no matching {style_path.name}")
+            images, styles = np.load(path, mmap_mode="r"), np.load(style_path, mmap_mode="r")
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise InputError(f"{path.name}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+            if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
+                raise InputError(f"{style_path.name}: expected [{images.shape[0]}, S] styles, got {styles.shape}")
+            self.images.append(images)
+            self.styles.append(styles)
+        shapes = {(a.shape[1:], b.shape[1]) for a, b in zip(self.images, self.styles)}
+        if len(shapes) != 1:
+            raise InputError(f"shards in {folder} disagree on image size or style size: {sorted(shapes)}")
+        self.offsets = np.cumsum([0] + [len(a) for a in self.images])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int):
+        shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        row = index - int(self.offsets[shard])
+        image = torch.from_numpy(np.array(self.images[shard][row])).permute(2, 0, 1).float() / 127.5 - 1
+        return image, torch.from_numpy(np.array(self.styles[shard][row], dtype=np.float32))
+
+    def style_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean/std of s, accumulated in float64 shard by shard."""
+        total = sum(np.asarray(s, np.float64).sum(0) for s in self.styles)
+        squares = sum(np.square(np.asarray(s, np.float64)).sum(0) for s in self.styles)
+        mean = total / len(self)
+        std = np.sqrt(np.maximum(squares / len(self) - mean**2, 0))
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+class PairDataset(Dataset):
+    """In-memory (images [N,3,H,W] in [-1,1], styles [N,S])."""
+
+    def __init__(self, images: torch.Tensor, styles: torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3 or styles.ndim != 2 or len(images) != len(styles):
+            raise InputError(
+                f"expected images [N,3,H,W] and styles [N,S], got {tuple(images.shape)} and {tuple(styles.shape)}"
+            )
+        self.images, self.styles = images.float(), styles.float()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.styles[index]
+
+    def style_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.styles.mean(0), self.styles.std(0, unbiased=False)
+
+
+def _load_image(path: Path, size: int) -> torch.Tensor:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.LANCZOS)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def encode_image_folder(
+    folder: str | Path,
+    style_fn: StyleFn,
+    out_dir: str | Path,
+    image_size: int,
+    batch_size: int = 16,
+    shard_size: int = 1000,
+    progress: bool = True,
+) -> Path:
+    """Encode every image of `folder` (resized to image_size) with `style_fn` into shards in out_dir."""
+    from tqdm.auto import tqdm
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
+    out_dir = Path(out_dir)
+    for first in tqdm(range(0, len(paths), shard_size), desc="encoding shards", disable=not progress):
+        chunk = paths[first : first + shard_size]
+        images, styles = [], []
+        for i in range(0, len(chunk), batch_size):
+            batch = torch.stack([_load_image(p, image_size) for p in chunk[i : i + batch_size]])
+            with torch.no_grad():
+                styles.append(style_fn(batch).float().cpu())
+            images.append(to_uint8_hwc(batch))
+        write_shard(out_dir, f"shard_{first // shard_size:05d}", np.concatenate(images), torch.cat(styles))
+    return out_dir
+
+
+def resolve_dataset(dataset, out_dir: Path, image_size: int | None, style_fn: StyleFn | None, progress=True):
+    if isinstance(dataset, Dataset):
+        return dataset
+    if isinstance(dataset, tuple | list) and len(dataset) == 2:
+        return PairDataset(*dataset)
+    if isinstance(dataset, str | Path):
+        folder = Path(dataset)
+        if not folder.is_dir():
+            raise InputError(f"training data folder {folder} does not exist")
+        if any(folder.glob(f"*{IMAGES_SUFFIX}")):
+            return ShardDataset(folder)
+        if style_fn is None:
+            raise InputError(
+                f"{folder} holds no *{IMAGES_SUFFIX} shards; to train on plain images pass style_fn "
+                "(CLI: --domain) so each image gets its style code"
+            )
+        shards = out_dir / "shards"
+        if not any(shards.glob(f"*{IMAGES_SUFFIX}")):
+            encode_image_folder(folder, style_fn, shards, image_size or 256, progress=progress)
+        return ShardDataset(shards)
+    raise InputError(f"unsupported training data {type(dataset).__name__}: pass a folder, a Dataset or (images, styles)")
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_model(config, style_dim: int) -> StyleConditionedUNet:
+    """`config`: a preset name (toy, ffhq, tiny), a dict of constructor arguments, or a config.json path."""
+    if isinstance(config, str) and config == "tiny":
+        return StyleConditionedUNet.tiny(style_dim)
+    if isinstance(config, str) and config in PRESETS:
+        return StyleConditionedUNet.from_preset(config, style_dim)
+    if isinstance(config, str | Path) and Path(config).is_file():
+        config = json.loads(Path(config).read_text())
+    if not isinstance(config, dict):
+        raise InputError(f"unknown UNet config {config!r}: use toy, ffhq, tiny, a dict or a config.json file")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    if kwargs.setdefault("style_dim", style_dim) != style_dim:
+        raise InputError(f"config style_dim {kwargs['style_dim']} but the data's style codes have {style_dim}")
+    return StyleConditionedUNet(**kwargs)
+
+
+def diffusion_loss(model, noise_scheduler, x0, s, noise, timesteps) -> torch.Tensor:
+    """ε-prediction MSE at the given noise and timesteps."""
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    return F.mse_loss(model(noisy, timesteps, s).float(), noise.float())
+
+
+def make_noise_scheduler() -> DDPMScheduler:
+    return make_scheduler(DDPMScheduler, DEFAULT_SCHEDULER_CONFIG)
+
+
+def image_grid(rows: list[torch.Tensor]) -> Image.Image:
+    """Rows of [N,3,H,W] images in [-1,1] -> one PIL image."""
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # [3, rows*H, N*W]
+    return Image.fromarray(to_uint8_hwc(grid[None])[0])
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_diffusion(
+    dataset,
+    config="toy",
+    out_dir: str | Path = "runs/diffusion",
+    steps: int = 10000,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    seed: int = 0,
+    resume: str | Path | None = None,
+    sample_every: int = 1000,
+    style_fn: StyleFn | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 1000,
+    warmup_steps: int = 0,
+    ema_decay: float = 0.9999,
+    grad_clip: float = 1.0,
+    sample_steps: int = 25,
+    num_samples: int = 8,
+    mixed_precision: str = "no",
+    num_workers: int = 0,
+) -> Path:
+    """Train (or continue training) a StyleConditionedUNet; returns `out_dir` (loadable weights)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    if steps < 0 or batch_size < 1 or lr <= 0:
+        raise InputError(f"need steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoint"
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    set_seed(seed)
+
+    image_size = config.get("sample_size") if isinstance(config, dict) else None
+    if isinstance(config, str) and config in PRESETS:
+        image_size = PRESETS[config]["sample_size"]
+    data = resolve_dataset(dataset, out_dir, image_size, style_fn, progress)
+    if len(data) == 0:
+        raise InputError("the training data is empty")
+    first_image, first_style = data[0]
+    model = build_model(config, int(first_style.shape[-1]))
+    if first_image.shape[-1] != model.config.sample_size:
+        raise InputError(
+            f"training images are {first_image.shape[-1]} px but the UNet expects {model.config.sample_size} px"
+        )
+    if hasattr(data, "style_stats"):
+        model.set_style_stats(*data.style_stats())
+
+    noise_scheduler = make_noise_scheduler()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-6)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
+    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
+
+    step = 0
+    if resume is not None:
+        resume_dir = ckpt_dir if str(resume) == "latest" else Path(resume)
+        state_file = resume_dir / "state.json"
+        if not state_file.is_file():
+            raise InputError(f"{resume_dir} is not a training checkpoint (no state.json); pass a checkpoint/ folder")
+        step = json.loads(state_file.read_text())["step"]
+        model.load_state_dict(_load_file(resume_dir / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+        lr_scheduler.load_state_dict(torch.load(resume_dir / "lr_scheduler.pt", weights_only=True))
+        ema.load_state_dict(torch.load(resume_dir / "ema.pt", weights_only=True))
+        log.info("resumed from %s at step %d", resume_dir, step)
+
+    # The loader's shuffling depends on (seed, step) so a resumed run does not replay the same order.
+    loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(data) >= batch_size,
+        generator=loader_rng,
+        num_workers=num_workers,
+    )
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # Fixed examples for the sample grids: their images and codes, and fixed starting noise.
+    n_show = min(num_samples, len(data))
+    show_images = torch.stack([data[i][0] for i in range(n_show)])
+    show_styles = torch.stack([data[i][1] for i in range(n_show)])
+    show_noise = torch.randn(show_images.shape, generator=torch.Generator().manual_seed(seed))
+
+    def with_ema(fn):
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+        try:
+            return fn()
+        finally:
+            ema.restore(unwrapped.parameters())
+
+    def write_samples():
+        unwrapped.eval()
+        device = accelerator.device
+        samples = with_ema(
+            lambda: ddim_sample(
+                unwrapped, DEFAULT_SCHEDULER_CONFIG, show_noise.to(device), show_styles.to(device), sample_steps
+            )
+        )
+        unwrapped.train()
+        (out_dir / "samples").mkdir(exist_ok=True)
+        image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(out_dir / "samples" / f"step_{step:06d}.png")
+
+    def save_checkpoint():
+        from safetensors.torch import save_file
+
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, ckpt_dir / "model.safetensors")
+        torch.save(optimizer.state_dict(), ckpt_dir / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), ckpt_dir / "lr_scheduler.pt")
+        torch.save(ema.state_dict(), ckpt_dir / "ema.pt")
+        (ckpt_dir / "state.json").write_text(json.dumps({"step": step}))
+
+    bar = tqdm(total=steps, initial=min(step, steps), desc="train-diffusion", disable=not progress)
+    model.train()
+    log_file = open(out_dir / "log.jsonl", "a") if accelerator.is_main_process else None
+    try:
+        while step < steps:
+            for x0, s in loader:
+                if step >= steps:
+                    break
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+                with accelerator.autocast():
+                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t)
+                if not math.isfinite(loss.item()):
+                    raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+                accelerator.backward(loss)
+                if grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(unwrapped.parameters())
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if log_file:
+                    log_file.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
+                if accelerator.is_main_process:
+                    if sample_every and step % sample_every == 0:
+                        write_samples()
+                    if checkpoint_every and step % checkpoint_every == 0:
+                        save_checkpoint()
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint()
+        if sample_every and step % sample_every:
+            write_samples()
+        with_ema(lambda: unwrapped.save_pretrained(out_dir))
+        make_scheduler(DDIMScheduler, DEFAULT_SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")
+    return out_dir
+
+
+def _load_file(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)

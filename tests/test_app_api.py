@@ -1,0 +1,151 @@
+"""The app's public gradio_client API against `python app.py` on localhost, toy domain.
+
+Edits use threshold 0 (keep every channel) and strength 3 so that even barely trained toy weights
+change the picture; the packaged weights change it at the defaults too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from app_server import REPO, app_url  # noqa: F401 - the session's server fixture
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+TOY_SIZE = 64  # deltaedit/configs/toy.json generator size
+EXAMPLE = REPO / "assets" / "examples" / "toy_black_hair.png"
+EDIT = dict(domain="toy", source="face", strength=3.0, threshold=0.0)
+ENDPOINTS = {
+    "/edit_gan": ["domain", "image", "source", "target", "strength", "threshold", "seed", "align"],
+    "/edit_diffusion": ["domain", "image", "source", "target", "strength", "threshold", "steps", "seed", "align"],
+    "/compare": ["domain", "image", "source", "target", "strength", "threshold", "steps", "seed", "align"],
+    "/sample": ["domain", "seed"],
+}
+
+
+@pytest.fixture(scope="module")
+def client(app_url):  # noqa: F811 - the fixture imported above
+    return Client(app_url, verbose=False)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
+def assert_edited(before, after):
+    a, b = pixels(before), pixels(after)
+    assert a.shape == b.shape == (TOY_SIZE, TOY_SIZE, 3)
+    assert np.abs(a - b).mean() > 0.5, "the edit left the image unchanged"
+
+
+def diffusion_weights_present() -> bool:
+    from deltaedit import weights
+
+    return weights.find_local("toy-diffusion") is not None
+
+
+def test_public_endpoints_and_their_keyword_parameters(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    named = {name: [p["parameter_name"] for p in info["parameters"]] for name, info in api["named_endpoints"].items()}
+    assert named == ENDPOINTS  # UI-only events (domain change, examples, DeltaSpace tab) stay private
+    assert api["unnamed_endpoints"] == {}
+
+
+def test_edit_gan_edits_an_uploaded_photo(client):
+    before_after, gallery, files, summary = client.predict(
+        image=handle_file(EXAMPLE), target="face with smile", seed=0, api_name="/edit_gan", **EDIT
+    )
+    before, after = before_after
+    assert_edited(before, after)
+    assert_edited(EXAMPLE, after)
+    assert [g["caption"] for g in gallery] == ["face with smile"]
+    assert len(files) == 1 and pixels(files[0]).shape == (TOY_SIZE, TOY_SIZE, 3)
+    assert "DeltaEdit-G" in summary and " s" in summary
+
+
+def test_edit_gan_without_image_edits_the_seeded_sample_with_one_result_per_target(client):
+    common = dict(image=None, target="face with smile\nface with blond hair", api_name="/edit_gan", **EDIT)
+    (before, after), gallery, files, summary = client.predict(seed=3, **common)
+    assert_edited(before, after)
+    assert [g["caption"] for g in gallery] == ["face with smile", "face with blond hair"]
+    assert len(files) == 2
+    assert "seed 3" in summary
+    (before_again, _), *_ = client.predict(seed=3, **common)
+    (other_before, _), *_ = client.predict(seed=4, **common)
+    assert np.array_equal(pixels(before), pixels(before_again))
+    assert not np.array_equal(pixels(before), pixels(other_before))
+
+
+def test_sample_is_seeded(client):
+    first = client.predict(domain="toy", seed=11, api_name="/sample")
+    again = client.predict(domain="toy", seed=11, api_name="/sample")
+    other = client.predict(domain="toy", seed=12, api_name="/sample")
+    assert pixels(first).shape == (TOY_SIZE, TOY_SIZE, 3)
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+
+
+def test_edit_diffusion_edits_or_says_its_weights_are_missing(client):
+    request = dict(image=handle_file(EXAMPLE), target="face with smile", steps=5, seed=0, api_name="/edit_diffusion")
+    if diffusion_weights_present():
+        (before, after), gallery, files, _ = client.predict(**request, **EDIT)
+        assert_edited(before, after)
+        assert len(files) == 1
+    else:
+        with pytest.raises(AppError, match="DeltaEdit-D weights are not available for this domain"):
+            client.predict(**request, **EDIT)
+
+
+def test_compare_runs_both_backbones_side_by_side(client):
+    source, gan, diffusion, summary = client.predict(
+        image=handle_file(EXAMPLE), target="face with eyeglasses", steps=5, seed=0, api_name="/compare", **EDIT
+    )
+    assert_edited(source, gan)
+    assert "DeltaEdit-G" in summary
+    if diffusion_weights_present():
+        assert_edited(source, diffusion)
+        assert "DeltaEdit-D (5 steps)" in summary
+    else:
+        assert diffusion is None
+        assert "DeltaEdit-D weights are not available for this domain" in summary
+
+
+def test_bad_requests_give_messages_and_the_next_request_still_works(client, tmp_path):
+    with pytest.raises(AppError, match="target text is empty"):
+        client.predict(image=handle_file(EXAMPLE), target="  \n ", seed=0, api_name="/edit_gan", **EDIT)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(AppError, match="not a readable image"):
+        client.predict(image=handle_file(corrupt), target="face with smile", seed=0, api_name="/edit_gan", **EDIT)
+    with pytest.raises(AppError, match="seed"):
+        client.predict(image=None, target="face with smile", seed=-5, api_name="/edit_gan", **EDIT)
+    (before, after), *_ = client.predict(
+        image=handle_file(EXAMPLE), target="face with bangs", seed=0, api_name="/edit_gan", **EDIT
+    )
+    assert_edited(before, after)
+
+
+def test_source_equal_to_target_is_a_notice_not_an_error(client):
+    (before, after), _, _, summary = client.predict(
+        image=handle_file(EXAMPLE), target="face", seed=0, api_name="/edit_gan", **EDIT
+    )
+    assert "nothing to edit" in summary
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_ffhq_without_weights_is_a_clear_message(client):
+    from deltaedit import weights
+
+    if weights.find_local("stylegan2-ffhq-config-f") is not None:
+        pytest.skip("FFHQ weights are present here")
+    with pytest.raises(AppError) as info:
+        client.predict(
+            domain="ffhq", image=None, source="face", target="face with smile", strength=1.0,
+            threshold=0.03, seed=0, api_name="/edit_gan",
+        )  # fmt: skip
+    message = str(info.value)
+    assert "stylegan2-ffhq-config-f" in message and "Traceback" not in message
