@@ -14,10 +14,19 @@ GRADIO_SERVER_PORT override it; Spaces set 0.0.0.0). Public API (gradio_client),
 
 from __future__ import annotations
 
+# ZeroGPU: `spaces` must be imported before torch touches CUDA; GPU work runs in @spaces.GPU calls.
+# Elsewhere the decorator does nothing, and without the package we skip it.
+try:
+    import spaces
+except ImportError:
+    spaces = None
+
 import functools
 import logging
 import os
 import random
+import signal
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -26,11 +35,6 @@ import torch
 
 from deltaedit import service
 from deltaedit.errors import DeltaEditError
-
-try:  # ZeroGPU: GPU work runs in @spaces.GPU calls; elsewhere the decorator does nothing.
-    import spaces
-except ImportError:
-    spaces = None
 
 log = logging.getLogger("deltaedit.app")
 ROOT = Path(__file__).resolve().parent
@@ -52,7 +56,9 @@ def on_gpu(duration: int):
 # Models load at import: the toy domain always (packaged, no download), others listed in
 # DELTAEDIT_PRELOAD (the hosted Space sets ffhq). Failures become a message on the page.
 PRELOAD = [DEFAULT_DOMAIN] + [
-    d.strip() for d in os.environ.get("DELTAEDIT_PRELOAD", "").split(",") if d.strip() not in ("", DEFAULT_DOMAIN)
+    d.strip()
+    for d in os.environ.get("DELTAEDIT_PRELOAD", "").split(",")
+    if d.strip() not in ("", DEFAULT_DOMAIN)
 ]
 STATUS = service.preload(PRELOAD)
 service.OUTPUTS.path  # noqa: B018 - create the download folder in this process, before any GPU worker forks
@@ -190,12 +196,13 @@ def change_domain(domain, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 
 
 
 @user_errors
-def show_deltaspace():
+def show_deltaspace(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's injection idiom
+    progress(0, desc="computing the report (once)")
     bundle = _gpu_deltaspace()
     text = (
         "Paired CLIP features of toy faces and their captions. *paired cos*: image i vs its own caption;"
         " *top-k*: how often an image's own caption is among the k nearest of all captions. Differences"
-        " (delta) line up far better than the raw features: that is DeltaSpace.\n\n"
+        " (delta rows) should line up better than the raw features: that is the DeltaSpace claim.\n\n"
         f"```\n{bundle['table']}\n```"
     )
     return text, [str(p) for p in bundle["pictures"]]
@@ -236,8 +243,11 @@ procedural cartoon faces, so the app runs anywhere without downloads; *FFHQ face
 authors' published weights when they can be downloaded.
 """
 
+# Toy pictures are 64 px: show them large and sharp.
 CSS = """
-#before-after img, .result-image img { image-rendering: pixelated; }
+#input-image img { min-height: 200px; object-fit: contain; }
+.result-image img { width: 100%; height: 100%; object-fit: contain; }
+#input-image img, [id^=before-after] img, .result-image img { image-rendering: pixelated; }
 """
 
 
@@ -256,7 +266,11 @@ def build_demo() -> gr.Blocks:
         )
         with gr.Row():
             domain = gr.Dropdown(
-                choices=service.domain_choices(), value=DEFAULT_DOMAIN, label="Domain", scale=1
+                choices=service.domain_choices(),
+                value=DEFAULT_DOMAIN,
+                label="Domain",
+                scale=1,
+                elem_id="domain-choice",
             )
             domain_status = gr.Markdown(STATUS[DEFAULT_DOMAIN], elem_id="domain-status")
         with gr.Row():
@@ -274,7 +288,7 @@ def build_demo() -> gr.Blocks:
                     seed = gr.Number(
                         value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80
                     )
-                    sample_button = gr.Button("🎲 Random sample", size="sm")
+                    sample_button = gr.Button("Random sample", size="sm")
                 align = gr.Checkbox(value=True, label="Align face (FFHQ photos)")
                 source = gr.Textbox(value=service.neutral_text(DEFAULT_DOMAIN), label="Source text")
                 target = gr.Textbox(
@@ -299,13 +313,21 @@ def build_demo() -> gr.Blocks:
                         compare_steps = gr.Slider(5, 200, value=50, step=1, label="DDIM steps (D)")
                         compare_button = gr.Button("Run both", variant="primary")
                         with gr.Row():
-                            cmp_source = gr.Image(label="Source", format="png", elem_classes="result-image")
-                            cmp_gan = gr.Image(label="DeltaEdit-G", format="png", elem_classes="result-image")
-                            cmp_d = gr.Image(label="DeltaEdit-D", format="png", elem_classes="result-image")
+                            cmp_source = gr.Image(
+                                label="Source", format="png", height=220, elem_classes="result-image"
+                            )
+                            cmp_gan = gr.Image(
+                                label="DeltaEdit-G", format="png", height=220, elem_classes="result-image"
+                            )
+                            cmp_d = gr.Image(
+                                label="DeltaEdit-D", format="png", height=220, elem_classes="result-image"
+                            )
                         cmp_info = gr.Markdown()
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
-                        ds_pictures = gr.Gallery(label="t-SNE of raw and delta features", columns=2, height=320)
+                        ds_pictures = gr.Gallery(
+                            label="t-SNE of raw and delta features", columns=2, height=320
+                        )
 
         gr.Examples(
             examples=_examples(),
@@ -321,9 +343,7 @@ def build_demo() -> gr.Blocks:
             gr.Markdown(HOW_IT_WORKS)
 
         common = [domain, image, source, target, strength, threshold]
-        gan_button.click(
-            edit_gan, inputs=[*common, seed, align], outputs=gan_outputs, api_name="edit_gan"
-        )
+        gan_button.click(edit_gan, inputs=[*common, seed, align], outputs=gan_outputs, api_name="edit_gan")
         d_button.click(
             edit_diffusion, inputs=[*common, steps, seed, align], outputs=d_outputs, api_name="edit_diffusion"
         )
@@ -352,10 +372,12 @@ def _edit_result_components(backbone: str):
         format="png",
         type="pil",
         height=300,
-        elem_id=f"before-after-{backbone}" if backbone != "gan" else "before-after",
+        elem_id=f"before-after-{backbone}",
         buttons=["download", "fullscreen"],
     )
-    gallery = gr.Gallery(label="Every target", columns=4, height=160, format="png")
+    gallery = gr.Gallery(
+        label="Every target", columns=4, rows=1, height=170, object_fit="contain", format="png", preview=False
+    )
     files = gr.File(label="Download the edited images (PNG)", file_count="multiple")
     info = gr.Markdown(elem_id=f"edit-info-{backbone}")
     return [slider, gallery, files, info]
@@ -367,4 +389,6 @@ demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    # SIGTERM (container stop) exits normally, so atexit removes the download folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.launch(allowed_paths=[str(ROOT / "assets")], css=CSS)

@@ -154,10 +154,16 @@ def load_clip(domain, device="cpu", weights_dir=None):
 
 @cache
 def _fs3(domain: str, weights_dir: str | None) -> torch.Tensor:
+    from .nn.stylegan2 import Generator
+    from .nn.stylespace import layout_from_generator
     from .relevance import load_fs3
 
     cfg = load_domain_config(domain)
-    return torch.from_numpy(np.ascontiguousarray(load_fs3(weights.resolve(cfg.weights["fs3"], weights_dir))))
+    with torch.device("meta"):  # only the S layout is needed: no memory, no init cost
+        n_channels = layout_from_generator(Generator.from_config(cfg.generator)).total
+    path = weights.resolve(cfg.weights["fs3"], weights_dir)
+    fs3 = load_fs3(path, n_channels=n_channels, clip_dim=cfg.clip.embed_dim)
+    return torch.from_numpy(np.ascontiguousarray(fs3))
 
 
 def load_relevance(domain, weights_dir=None) -> torch.Tensor:

@@ -85,7 +85,7 @@ def domain_status(domain: str) -> str:
         get_editor(domain, "gan")
     except DeltaEditError as exc:
         return f"**{label}: the models could not be loaded.**\n\n```\n{exc}\n```"
-    return f"{label}: ready ({time.perf_counter() - t0:.1f} s)."
+    return f"{label}: models loaded ({time.perf_counter() - t0:.1f} s)."
 
 
 def diffusion_status(domain: str) -> str:
@@ -200,7 +200,9 @@ class EditView:
 def _summary(view: EditView, source_text: str, strength: float, threshold: float, steps) -> str:
     name = BACKBONE_NAMES[view.backbone]
     knobs = f"strength {strength:g}, threshold {threshold:g}" + (f", {steps} DDIM steps" if steps else "")
-    lines = [f"**{name}**: {len(view.targets)} edit(s) in **{view.seconds:.2f} s** ({knobs}; source text “{source_text}”)."]
+    lines = [
+        f"**{name}**: {len(view.targets)} edit(s) in **{view.seconds:.2f} s** ({knobs}; source text “{source_text}”)."
+    ]
     lines += [f"- ⚠️ {n}" for n in view.notices]
     return "\n".join(lines)
 
@@ -254,7 +256,9 @@ def edit(
 
 def save_files(view: EditView) -> EditView:
     """Write the edited images as PNGs for download (in the web process, not a GPU worker)."""
-    view.files = [OUTPUTS.save(img, f"{view.backbone}-{t}") for img, t in zip(view.edited_images, view.targets)]
+    view.files = [
+        OUTPUTS.save(img, f"{view.backbone}-{t}") for img, t in zip(view.edited_images, view.targets)
+    ]
     return view
 
 
@@ -310,11 +314,13 @@ _REPORT_LOCK = threading.Lock()
 _REPORT: dict | None = None
 
 
-def deltaspace_report(count: int = 200, tsne_iter: int = 300) -> dict:
+def deltaspace_report(count: int = 64, tsne_iter: int = 300) -> dict:
     """The toy domain's DeltaSpace alignment report: {'table', 'report', 'pictures'}.
 
-    Read from `assets/deltaspace/report.json` when it exists, else computed once per process
-    from `count` toy renders and their captions through the toy CLIP (a few seconds on a CPU).
+    Read from `assets/deltaspace/report.json` when it exists (`python -m deltaedit analyze --domain
+    toy --out assets/deltaspace` writes it), else computed once per process from `count` toy
+    renders and captions through the toy CLIP: each caption costs 79 template encodings, so
+    `count` stays small (about 10-60 s on a 2-core CPU).
     """
     global _REPORT
     with _REPORT_LOCK:

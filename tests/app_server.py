@@ -8,6 +8,7 @@ Without either the tests that use the server are skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +21,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOY_FILES = ("generator.safetensors", "encoder.safetensors", "mapper.safetensors", "fs3.npy", "clip.safetensors")
+TOY_FILES = (
+    "generator.safetensors",
+    "encoder.safetensors",
+    "mapper.safetensors",
+    "fs3.npy",
+    "clip.safetensors",
+)
 START_TIMEOUT_S = 180
 
 
@@ -63,7 +70,11 @@ class AppServer:
         }
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, str(REPO / "app.py")],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def log_tail(self, n: int = 40) -> str:
@@ -74,7 +85,9 @@ class AppServer:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{tail}")
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as response:
                     if response.status == 200:
@@ -82,8 +95,9 @@ class AppServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"app.py did not answer within {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"app.py did not answer within {timeout} s:\n{tail}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -94,6 +108,7 @@ class AppServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 _SERVER: AppServer | None = None

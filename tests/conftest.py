@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DELTAEDIT_SHARED_DIR", REPO.parent / "shared"))
 
-torch.set_num_threads(int(os.environ.get("DELTAEDIT_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("DELTAEDIT_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

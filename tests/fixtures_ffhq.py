@@ -96,7 +96,9 @@ def write_ffhq_weights(folder: Path, formats: Path) -> Path:
     # Mapper weights of the scale lr_mul 0.01 layers hold after training: Δs ~ s in size.
     m_state = random_state_dict(formats / f"{MAPPER_FILE}.keys.txt", seed=2, scale=50.0)
     torch.save(m_state, folder / MAPPER_FILE)
-    n_s = sum(v.shape[0] for k, v in g_state.items() if k.endswith("conv.modulation.bias") and "to_rgb" not in k)
+    n_s = sum(
+        v.shape[0] for k, v in g_state.items() if k.endswith("conv.modulation.bias") and "to_rgb" not in k
+    )
     rng = np.random.default_rng(3)
     np.save(folder / FS3_FILE, unit_rows(rng, n_s, 512, FS3_ROW_NORM["ffhq"]))
     torch.manual_seed(4)

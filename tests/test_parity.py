@@ -32,16 +32,13 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_ffhq import (  # noqa: F401  (fixtures)
+from fixtures_ffhq import (
     CLIP_FILE,
     E4E_FILE,
     FFHQ_CLIP,
     FS3_FILE,
     GENERATOR_FILE,
     MAPPER_FILE,
-    ffhq_weights,
-    ffhq_weights_with_e4e,
-    tiny_ffhq,
     tiny_latents,
 )
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
@@ -55,6 +52,8 @@ from deltaedit.nn.e4e import Encoder4Editing
 from deltaedit.nn.mapper import DeltaMapper
 from deltaedit.nn.stylegan2 import Generator
 from deltaedit.nn.stylespace import StyleLayout
+
+pytest_plugins = ["fixtures_ffhq"]  # tiny_ffhq, ffhq_weights, ffhq_weights_with_e4e
 
 PHOTO = "data/photos/aligned_face_256.jpg"
 NEUTRAL = "face"  # hard-coded in the authors' scripts
@@ -97,7 +96,11 @@ def load_authors_nets(weights: Path, gen_kwargs: dict, clip_model, encoder_cfg=N
             {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")},
             strict=True,
         )
-        nets.encoder, nets.latent_avg, nets.encoder_size = enc.eval(), ckpt["latent_avg"], encoder_cfg.input_size
+        nets.encoder, nets.latent_avg, nets.encoder_size = (
+            enc.eval(),
+            ckpt["latent_avg"],
+            encoder_cfg.input_size,
+        )
     return nets
 
 
@@ -135,7 +138,9 @@ def conv_warper(layer, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor
         out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=batch)
         out = conv.blur(out.view(batch, conv.out_channel, *out.shape[2:]))
     else:
-        out = F.conv2d(x, weight.reshape(batch * conv.out_channel, in_channel, k, k), padding=k // 2, groups=batch)
+        out = F.conv2d(
+            x, weight.reshape(batch * conv.out_channel, in_channel, k, k), padding=k // 2, groups=batch
+        )
         out = out.view(batch, conv.out_channel, *out.shape[2:])
     return layer.activate(layer.noise(out, noise=noise))
 
@@ -148,7 +153,9 @@ def decoder_validate(G, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     out = conv_warper(G.conv1, out, styles[0], noise[0])
     skip = G.to_rgb1(out, w[:, 1])
     i = 1
-    for conv1, conv2, noise1, noise2, to_rgb in zip(G.convs[::2], G.convs[1::2], noise[1::2], noise[2::2], G.to_rgbs):
+    for conv1, conv2, noise1, noise2, to_rgb in zip(
+        G.convs[::2], G.convs[1::2], noise[1::2], noise[2::2], G.to_rgbs
+    ):
         out = conv_warper(conv1, out, styles[i], noise1)
         out = conv_warper(conv2, out, styles[i + 1], noise2)
         skip = to_rgb(out, w[:, i + 2], skip)
@@ -189,7 +196,9 @@ def authors_edit(nets: AuthorsNets, out: Path, *, target: str, latent=None, phot
     else:  # inference.py with generate_codes.py's precomputed CLIP feature
         latent_w = torch.as_tensor(latent, dtype=torch.float32).reshape(1, nets.G.n_latent, -1)
         latent_s = encoder_latent(nets.G, latent_w)
-        c = clip_image_feature(nets.clip, decoder_validate(nets.G, latent_s, latent_w), nets.clip_size)
+        # generate_codes.py's feature of the image decoded from S (the same image as img_ori)
+        img_ori = decoder_validate(nets.G, latent_s, latent_w)
+        c = clip_image_feature(nets.clip, img_ori, nets.clip_size)
         c = c / c.norm(dim=-1, keepdim=True)
         delta_c = torch.cat([c, c], dim=1)
         delta_c[0, c.shape[1] :] = dt
@@ -197,7 +206,8 @@ def authors_edit(nets: AuthorsNets, out: Path, *, target: str, latent=None, phot
     fake_delta_s = nets.mapper(latent_s, delta_c)
     ds = fake_delta_s[0].clone()
     ds[torch.from_numpy(select)] = 0
-    img_ori = decoder_validate(nets.G, latent_s, latent_w)
+    if photo is not None:
+        img_ori = decoder_validate(nets.G, latent_s, latent_w)
     img_gen = decoder_validate(nets.G, latent_s + ds.unsqueeze(0), latent_w)
     save_image(torch.cat([img_ori, img_gen], dim=3), out, normalize=True, value_range=(-1, 1))
     strip = np.asarray(Image.open(out).convert("RGB")).astype(np.int16)

@@ -49,23 +49,28 @@ def run(args) -> int:
     import torch
 
     from ..api import load_editor
-    from ..imageio import load_latents, save_png
+    from ..imageio import load_image, load_latents, save_png
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         from ..errors import InputError
 
         raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    # Read the input before loading about a gigabyte of models, so bad input fails in a second.
+    if args.image is not None:
+        given = dict(image=load_image(args.image), align=not args.no_align)
+    else:
+        from ..config import load_domain_config
+        from ..nn.stylegan2 import Generator
+
+        with torch.device("meta"):  # the W+ shape only; no weights
+            G = Generator.from_config(load_domain_config(args.domain).generator)
+        given = dict(latents=load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim))
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
     kwargs = dict(targets=args.target, source=args.source, strength=args.strength, threshold=args.threshold)
     if args.backbone == "diffusion":
         kwargs["steps"] = args.steps
-    if args.image is not None:
-        result = editor.edit(image=args.image, align=not args.no_align, **kwargs)
-    else:
-        G = editor.generator
-        latents = load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim)
-        result = editor.edit(latents=latents, **kwargs)
+    result = editor.edit(**given, **kwargs)
     for notice in result.notices:
         print(f"notice: {notice}", file=sys.stderr)
     for path, image in zip(_out_paths(args.out, len(result.edited_images)), result.edited_images):

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="toy",
         help="UNet preset (toy: 64 px, ffhq: 256 px, tiny) or a config.json file (default: toy)",
     )
-    p.add_argument("--domain", default=None, help="encode an image folder with this domain's encoder (ffhq, toy)")
+    p.add_argument(
+        "--domain", default=None, help="encode an image folder with this domain's encoder (ffhq, toy)"
+    )
     p.add_argument("--weights-dir", type=Path, default=None, help="folder with local weight files")
     p.add_argument("--device", default=None, help="device for encoding images (default: cuda if available)")
     p.add_argument("--steps", type=int, default=100_000, help="total optimisation steps (default 100000)")

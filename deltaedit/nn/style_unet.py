@@ -144,7 +144,9 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         z = (style.to(self.style_mean.dtype) - self.style_mean) / self.style_std
         return self.style_proj(z.to(self.dtype))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor
+    ) -> torch.Tensor:
         """`sample` [B, C, H, W], `timestep` scalar or [B], `style` [B, S] -> predicted noise [B, C, H, W]."""
         if style.ndim != 2 or style.shape[1] != self.config.style_dim:
             raise InputError(f"style code must be [B, {self.config.style_dim}], got {tuple(style.shape)}")

@@ -73,13 +73,16 @@ def ddim_invert(
     s: torch.Tensor,
     steps: int = 50,
     refine: int = 0,
+    refine_last: int | None = None,
     return_trajectory: bool = False,
 ):
     """Map images x0 [B,3,H,W] in [-1,1] to noise x_T under style codes s [B,S] (deterministic).
 
     `refine` > 0 runs that many fixed-point iterations per step so that ε is evaluated at the point
-    the sampler will start from; this makes `ddim_sample` an almost exact inverse (costs `refine`
-    extra UNet calls per step). With `return_trajectory` the result is the list [x0, x_1, ..., x_T].
+    the sampler will start from; this makes `ddim_sample` a near-exact inverse, at `refine` extra UNet
+    calls per refined step. `refine_last` limits it to the last (noisiest) steps, where most of the
+    reconstruction error arises (None: every step). With `return_trajectory` the result is the list
+    [x0, x_1, ..., x_T].
     """
     config = _config_dict(scheduler_config)
     _check_steps(steps, config)
@@ -87,13 +90,14 @@ def ddim_invert(
     scheduler.set_timesteps(steps, device=x0.device)
     x = x0.float()
     trajectory = [x]
-    for t in scheduler.timesteps:
+    first_refined = 0 if refine_last is None else steps - refine_last
+    for i, t in enumerate(scheduler.timesteps):
         # 1. ε_θ(x_{t-1}, t, s): the noise predicted at the next, noisier timestep t.
         eps = _eps(unet, x, t, s)
         # 2. Eq. 12 solved for x_t (σ_t = 0): x_t = √ᾱ_t · x̂0 + √(1−ᾱ_t) · ε, x̂0 = (x_{t-1} − √(1−ᾱ_{t-1}) ε) / √ᾱ_{t-1}.
         x_next = scheduler.step(eps, t, x).prev_sample
         # 3. Optional fixed point x_t = step(ε_θ(x_t, t, s)): then eq. 12 maps x_t back to x_{t-1} exactly.
-        for _ in range(refine):
+        for _ in range(refine if i >= first_refined else 0):
             x_next = scheduler.step(_eps(unet, x_next, t, s), t, x).prev_sample
         x = x_next
         trajectory.append(x)
@@ -138,6 +142,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
         raise InputError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
+
+
+# Inversion steps (the noisiest ones) that `DiffusionBackbone.edit` refines by default.
+EDIT_REFINE_LAST = 10
 
 
 class DiffusionEdit(NamedTuple):
@@ -203,13 +211,21 @@ class DiffusionBackbone:
             raise InputError(f"{name} must be [N, {self.style_dim}], got {tuple(s.shape)}")
         return s.to(self.device, torch.float32)
 
-    def invert(self, x0: torch.Tensor, s: torch.Tensor, steps: int = 50, refine: int = 0) -> torch.Tensor:
-        return ddim_invert(
-            self.unet, self.scheduler_config, self._check_image(x0), self._check_style(s, "s"), steps, refine
-        )
+    def invert(
+        self,
+        x0: torch.Tensor,
+        s: torch.Tensor,
+        steps: int = 50,
+        refine: int = 0,
+        refine_last: int | None = None,
+    ) -> torch.Tensor:
+        x0, s = self._check_image(x0), self._check_style(s, "s")
+        return ddim_invert(self.unet, self.scheduler_config, x0, s, steps, refine, refine_last)
 
     def sample(self, x_T: torch.Tensor, s: torch.Tensor, steps: int = 50) -> torch.Tensor:
-        return ddim_sample(self.unet, self.scheduler_config, x_T.to(self.device), self._check_style(s, "s"), steps)
+        return ddim_sample(
+            self.unet, self.scheduler_config, x_T.to(self.device), self._check_style(s, "s"), steps
+        )
 
     def generate(self, s: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None):
         """Random images for style codes s [B,S] (fresh Gaussian x_T; seed it with `generator`)."""
@@ -225,13 +241,17 @@ class DiffusionBackbone:
         delta_s: torch.Tensor,
         strength: float = 1.0,
         steps: int = 50,
-        refine: int = 0,
+        refine: int = 1,
+        refine_last: int | None = EDIT_REFINE_LAST,
         preserve_details: bool = False,
     ) -> DiffusionEdit:
         """Invert x0 [1,3,H,W] once under s_source [1,S]; decode under s_source + strength·Δs for Δs [T,S].
 
-        `refine`: fixed-point iterations per inversion step (more faithful, slower). `preserve_details`:
-        direct-inversion correction (see `ddim_sample`); the reconstruction is then the input itself.
+        `refine`/`refine_last`: fixed-point iterations on the last inversion steps (see `ddim_invert`;
+        the default, one iteration on the noisiest 10 steps, lifted a 64 px model trained for 4000
+        steps from ~23 dB to ~32 dB reconstruction PSNR at 50 steps for 20% more UNet calls;
+        refine_last=None: ~39 dB at 2x the inversion cost). `preserve_details`: direct-inversion
+        correction (see `ddim_sample`); the reconstruction is then the input itself.
         """
         x0 = self._check_image(x0)
         if x0.shape[0] != 1:
@@ -242,8 +262,9 @@ class DiffusionBackbone:
         delta_s = self._check_style(delta_s, "delta_s")
         if not math.isfinite(float(strength)):
             raise InputError(f"strength must be a finite number, got {strength!r}")
+        refine_last = None if refine_last is None else min(refine_last, steps)
         inverted = ddim_invert(
-            self.unet, self.scheduler_config, x0, s_source, steps, refine, return_trajectory=preserve_details
+            self.unet, self.scheduler_config, x0, s_source, steps, refine, refine_last, preserve_details
         )
         x_T = inverted[-1] if preserve_details else inverted
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.

@@ -88,7 +88,9 @@ def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
 
 def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
     """One or several target phrases (a string may hold one per line)."""
-    if isinstance(targets, str):
+    if targets is None:
+        targets = []
+    elif isinstance(targets, str):
         targets = targets.splitlines() or [targets]
     cleaned = [t.strip() for t in targets if t is not None and t.strip()]
     if not cleaned:

@@ -58,15 +58,15 @@ FULL = ToyBudget()
 # The same stages with more steps, for a GPU (minutes instead of an hour).
 GPU = ToyBudget(
     n_images=30000,
-    clip_steps=1500,
+    clip_steps=1200,
     clip_batch=256,
-    ae_steps=4000,
+    ae_steps=2500,
     ae_batch=32,
     n_codes=20000,
     mapper_steps=10000,
     fs3_samples=16,
     classifier_steps=1500,
-    diffusion_steps=6000,
+    diffusion_steps=3000,
     diffusion_batch=64,
 )
 SMOKE = ToyBudget(

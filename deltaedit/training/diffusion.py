@@ -19,13 +19,15 @@ CPU works too). The output folder holds the EMA weights (`save_pretrained`), `sc
 `samples/step_XXXXXX.png` (top row: training images, bottom row: sampled from their s),
 `log.jsonl`, and `checkpoint/` (optimizer, EMA, step) that `resume=` continues from.
 
-Expected FFHQ cost at 256 px (`FFHQ_CONFIG`, ~114M parameters). Measured: one forward+backward
-pass of the FFHQ UNet on a 256 px image costs ~0.37 TFLOP (torch's FLOP counter: 124 GFLOP forward,
-3x for forward+backward) and took ~50 s per image on this 2-core CPU, i.e. CPU training is out of
-the question. On GPU, assuming an H100 sustains ~30% of its 990 bf16 dense TFLOP/s on this
-conv-heavy model (~300 TFLOP/s), a step of batch 64 takes ~0.08 s; the DDPM CelebA-HQ-256 recipe
-(~500k steps at batch 64) is then ~11 GPU-hours on one H100, and ~2-3 days on one A100-class
-card at 40% of 312 TFLOP/s. A usable model for editing is typically reached after 100-200k steps.
+Expected FFHQ cost at 256 px (`FFHQ_CONFIG`: 122M parameters). Measured with torch's FLOP counter:
+497 GFLOP per image forward (2 FLOP per multiply-add), so ~1.5 TFLOP per image per training step
+(backward ≈ 2x forward). On this project's 2-core CPU (~15-40 GFLOP/s sustained) that is over a minute
+per image: CPU training is out of the question. Measured on one H200 (bf16 autocast, AdamW): 0.19 s
+per step at batch 16 and 0.35 s at batch 32, i.e. ~11 ms per image (~135 TFLOP/s, 14% of the
+card's dense bf16 peak); an H100 should be within ~20% of that. At batch 64 (~0.7 s per step):
+100k steps ≈ 20 GPU-hours, the 500k steps of the DDPM CelebA-HQ-256 recipe ≈ 4 GPU-days (half a day
+on 8 GPUs with `accelerate launch`). For scale: the toy preset (64 px, 3.3M parameters) trained
+4000 steps at batch 64 in 3 minutes on the same card.
 """
 
 from __future__ import annotations
@@ -96,9 +98,13 @@ class ShardDataset(Dataset):
                 raise InputError(f"shard {path.name} has no matching {style_path.name}")
             images, styles = np.load(path, mmap_mode="r"), np.load(style_path, mmap_mode="r")
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-                raise InputError(f"{path.name}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+                raise InputError(
+                    f"{path.name}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+                )
             if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
-                raise InputError(f"{style_path.name}: expected [{images.shape[0]}, S] styles, got {styles.shape}")
+                raise InputError(
+                    f"{style_path.name}: expected [{images.shape[0]}, S] styles, got {styles.shape}"
+                )
             self.images.append(images)
             self.styles.append(styles)
         shapes = {(a.shape[1:], b.shape[1]) for a, b in zip(self.images, self.styles)}
@@ -180,7 +186,7 @@ def encode_image_folder(
     return out_dir
 
 
-def resolve_dataset(dataset, out_dir: Path, image_size: int | None, style_fn: StyleFn | None, progress=True):
+def resolve_dataset(dataset, out_dir: Path, image_size: int, style_fn: StyleFn | None, progress=True):
     if isinstance(dataset, Dataset):
         return dataset
     if isinstance(dataset, tuple | list) and len(dataset) == 2:
@@ -198,9 +204,11 @@ def resolve_dataset(dataset, out_dir: Path, image_size: int | None, style_fn: St
             )
         shards = out_dir / "shards"
         if not any(shards.glob(f"*{IMAGES_SUFFIX}")):
-            encode_image_folder(folder, style_fn, shards, image_size or 256, progress=progress)
+            encode_image_folder(folder, style_fn, shards, image_size, progress=progress)
         return ShardDataset(shards)
-    raise InputError(f"unsupported training data {type(dataset).__name__}: pass a folder, a Dataset or (images, styles)")
+    raise InputError(
+        f"unsupported training data {type(dataset).__name__}: pass a folder, a Dataset or (images, styles)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -216,8 +224,23 @@ def build_model(config, style_dim: int) -> StyleConditionedUNet:
         raise InputError(f"unknown UNet config {config!r}: use toy, ffhq, tiny, a dict or a config.json file")
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     if kwargs.setdefault("style_dim", style_dim) != style_dim:
-        raise InputError(f"config style_dim {kwargs['style_dim']} but the data's style codes have {style_dim}")
+        raise InputError(
+            f"config style_dim {kwargs['style_dim']} but the data's style codes have {style_dim}"
+        )
     return StyleConditionedUNet(**kwargs)
+
+
+def config_sample_size(config) -> int:
+    """The image size a UNet config (as accepted by `build_model`) works at."""
+    if isinstance(config, str) and config == "tiny":
+        return StyleConditionedUNet.tiny().config.sample_size
+    if isinstance(config, str) and config in PRESETS:
+        return PRESETS[config]["sample_size"]
+    if isinstance(config, str | Path) and Path(config).is_file():
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, dict):
+        return int(config.get("sample_size", 64))
+    raise InputError(f"unknown UNet config {config!r}: use toy, ffhq, tiny, a dict or a config.json file")
 
 
 def diffusion_loss(model, noise_scheduler, x0, s, noise, timesteps) -> torch.Tensor:
@@ -271,10 +294,7 @@ def train_diffusion(
     accelerator = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
 
-    image_size = config.get("sample_size") if isinstance(config, dict) else None
-    if isinstance(config, str) and config in PRESETS:
-        image_size = PRESETS[config]["sample_size"]
-    data = resolve_dataset(dataset, out_dir, image_size, style_fn, progress)
+    data = resolve_dataset(dataset, out_dir, config_sample_size(config), style_fn, progress)
     if len(data) == 0:
         raise InputError("the training data is empty")
     first_image, first_style = data[0]
@@ -296,7 +316,9 @@ def train_diffusion(
         resume_dir = ckpt_dir if str(resume) == "latest" else Path(resume)
         state_file = resume_dir / "state.json"
         if not state_file.is_file():
-            raise InputError(f"{resume_dir} is not a training checkpoint (no state.json); pass a checkpoint/ folder")
+            raise InputError(
+                f"{resume_dir} is not a training checkpoint (no state.json); pass a checkpoint/ folder"
+            )
         step = json.loads(state_file.read_text())["step"]
         model.load_state_dict(_load_file(resume_dir / "model.safetensors"))
         optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
@@ -337,18 +359,26 @@ def train_diffusion(
         device = accelerator.device
         samples = with_ema(
             lambda: ddim_sample(
-                unwrapped, DEFAULT_SCHEDULER_CONFIG, show_noise.to(device), show_styles.to(device), sample_steps
+                unwrapped,
+                DEFAULT_SCHEDULER_CONFIG,
+                show_noise.to(device),
+                show_styles.to(device),
+                sample_steps,
             )
         )
         unwrapped.train()
         (out_dir / "samples").mkdir(exist_ok=True)
-        image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(out_dir / "samples" / f"step_{step:06d}.png")
+        image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(
+            out_dir / "samples" / f"step_{step:06d}.png"
+        )
 
     def save_checkpoint():
         from safetensors.torch import save_file
 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in unwrapped.state_dict().items()}, ckpt_dir / "model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in unwrapped.state_dict().items()}, ckpt_dir / "model.safetensors"
+        )
         torch.save(optimizer.state_dict(), ckpt_dir / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), ckpt_dir / "lr_scheduler.pt")
         torch.save(ema.state_dict(), ckpt_dir / "ema.pt")
@@ -363,7 +393,9 @@ def train_diffusion(
                 if step >= steps:
                     break
                 noise = torch.randn_like(x0)
-                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+                t = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
+                )
                 with accelerator.autocast():
                     loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t)
                 if not math.isfinite(loss.item()):
@@ -379,7 +411,10 @@ def train_diffusion(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if log_file:
-                    log_file.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
+                    log_file.write(
+                        json.dumps({"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
+                        + "\n"
+                    )
                 if accelerator.is_main_process:
                     if sample_every and step % sample_every == 0:
                         write_samples()

@@ -1,0 +1,145 @@
+"""train_diffusion: loss goes down, resume continues, outputs load; shard and image-folder data; CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deltaedit.errors import InputError
+from deltaedit.nn.style_unet import StyleConditionedUNet
+from deltaedit.pipelines.diffusion import DiffusionBackbone
+from deltaedit.training.diffusion import (
+    ShardDataset,
+    diffusion_loss,
+    make_noise_scheduler,
+    train_diffusion,
+    write_shard,
+)
+
+S = 16
+FAST = dict(batch_size=8, seed=0, progress=False, sample_every=0, checkpoint_every=0)
+
+
+@pytest.fixture
+def pairs():
+    g = torch.Generator().manual_seed(5)
+    # Smooth images (a colour per image plus a gradient) so a tiny model can learn something quickly.
+    ramp = torch.linspace(-0.5, 0.5, 16)
+    colors = torch.rand(8, 3, 1, 1, generator=g) - 0.5
+    images = (colors + ramp.view(1, 1, 1, 16)).clamp(-1, 1).expand(8, 3, 16, 16).contiguous()
+    styles = torch.randn(8, S, generator=g) * 2 + 1
+    return images, styles
+
+
+def _fixed_batch_loss(path, images, styles):
+    unet = StyleConditionedUNet.from_pretrained(path).eval()
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(images.shape, generator=g)
+    t = torch.randint(0, 1000, (len(images),), generator=g)
+    with torch.no_grad():
+        return diffusion_loss(unet, make_noise_scheduler(), images, styles, noise, t).item()
+
+
+def test_training_lowers_the_loss_and_output_loads(pairs, tmp_path):
+    images, styles = pairs
+    before = train_diffusion(pairs, "tiny", tmp_path / "a", steps=0, lr=2e-3, **FAST)
+    after = train_diffusion(pairs, "tiny", tmp_path / "b", steps=30, lr=2e-3, ema_decay=0.9, **FAST)
+    loss_before = _fixed_batch_loss(before, images, styles)
+    loss_after = _fixed_batch_loss(after, images, styles)
+    assert loss_after < 0.8 * loss_before
+    backbone = DiffusionBackbone.from_pretrained(after)
+    assert (after / "scheduler" / "scheduler_config.json").is_file()
+    # The training set's style statistics travel with the weights.
+    assert torch.allclose(backbone.unet.style_mean, styles.mean(0), atol=1e-5)
+    assert torch.allclose(backbone.unet.style_std, styles.std(0, unbiased=False), atol=1e-5)
+    edit = backbone.edit(images[:1], styles[:1], styles[1:3] - styles[:1], steps=3)
+    assert edit.edits.shape == (2, 3, 16, 16)
+
+
+def test_resume_continues_the_step_count(pairs, tmp_path):
+    out = train_diffusion(pairs, "tiny", tmp_path, steps=3, lr=1e-3, **FAST)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
+    train_diffusion(pairs, "tiny", tmp_path, steps=5, lr=1e-3, resume="latest", **FAST)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 5
+    steps_logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4, 5]  # only the missing two steps ran
+    ema = torch.load(out / "checkpoint" / "ema.pt", weights_only=True)
+    assert ema["optimization_step"] == 5
+    with pytest.raises(InputError, match="checkpoint"):
+        train_diffusion(pairs, "tiny", tmp_path / "none", steps=1, resume=tmp_path / "none", **FAST)
+
+
+def test_sample_grids_are_written(pairs, tmp_path):
+    out = train_diffusion(
+        pairs, "tiny", tmp_path, steps=2, lr=1e-3, **{**FAST, "sample_every": 1}, sample_steps=2
+    )
+    grids = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert grids == ["step_000001.png", "step_000002.png"]
+    with Image.open(out / "samples" / grids[0]) as im:
+        assert im.size == (8 * 16, 2 * 16)  # a row of training images above a row of samples
+
+
+def test_shards_round_trip_and_train(pairs, tmp_path):
+    images, styles = pairs
+    write_shard(tmp_path / "shards", "part_a", images[:5], styles[:5])
+    write_shard(tmp_path / "shards", "part_b", images[5:], styles[5:])
+    data = ShardDataset(tmp_path / "shards")
+    assert len(data) == 8
+    image, style = data[6]
+    assert torch.allclose(image, images[6], atol=1 / 127.5)
+    assert torch.equal(style, styles[6])
+    mean, std = data.style_stats()
+    assert torch.allclose(mean, styles.mean(0), atol=1e-5)
+    out = train_diffusion(tmp_path / "shards", "tiny", tmp_path / "run", steps=1, lr=1e-3, **FAST)
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_bad_shards_raise(tmp_path):
+    np.save(tmp_path / "x.images.npy", np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(InputError, match="x.styles.npy"):
+        ShardDataset(tmp_path)
+    np.save(tmp_path / "x.styles.npy", np.zeros((3, S), np.float32))
+    with pytest.raises(InputError, match="styles"):
+        ShardDataset(tmp_path)
+    with pytest.raises(InputError, match="uint8"):
+        write_shard(tmp_path, "y", np.zeros((2, 3, 16, 16), np.uint8), np.zeros((2, S)))
+
+
+def test_image_folder_is_encoded_with_style_fn(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    calls = []
+
+    def style_fn(x):
+        calls.append(x.shape)
+        return x.mean((2, 3)).repeat(1, S // 3 + 1)[:, :S]
+
+    with pytest.raises(InputError, match="style_fn"):
+        train_diffusion(folder, "tiny", tmp_path / "run", steps=1, **FAST)
+    out = train_diffusion(folder, "tiny", tmp_path / "run", steps=1, style_fn=style_fn, **FAST)
+    assert calls and calls[0][1:] == (3, 16, 16)  # resized to the UNet's size before encoding
+    assert len(ShardDataset(out / "shards")) == 3
+
+
+def test_image_size_mismatch_raises(pairs, tmp_path):
+    images, styles = pairs
+    with pytest.raises(InputError, match="px"):
+        train_diffusion((images[:, :, :8, :8], styles), "tiny", tmp_path, steps=1, **FAST)
+
+
+def test_cli_trains_from_shards(pairs, tmp_path):
+    from deltaedit.cli import main
+
+    write_shard(tmp_path / "shards", "s0", *pairs)
+    args = ["train-diffusion", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "out")]
+    args += ["--config", "tiny", "--steps", "2", "--batch-size", "4", "--warmup-steps", "0"]
+    args += ["--sample-every", "0", "--no-progress"]
+    assert main(args) == 0
+    assert DiffusionBackbone.from_pretrained(tmp_path / "out").style_dim == S
