@@ -17,6 +17,9 @@ Random N(0, 0.5) weights are tamed where a deep net would overflow or saturate: 
 zeroed and kernels rescaled so images stay mostly inside [-1, 1] (8-bit comparisons need
 unsaturated pixels); the mapper's lr_mul 0.01 layers get weights of the scale training leaves
 them at; e4e conv kernels are divided by sqrt(fan-in) like tests/test_e4e.py does.
+
+Test modules load it with `pytest_plugins = ["fixtures_ffhq"]` (fixtures registered once per
+session) and import its helpers directly; it has no asserts to rewrite: PYTEST_DONT_REWRITE.
 """
 
 from __future__ import annotations
