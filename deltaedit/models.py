@@ -59,7 +59,11 @@ def read_state_dict(path: Path, key: str | None = None, prefix: str | None = Non
 
 def strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
     weights.check_state_dict(state, module, path)
-    module.load_state_dict(state, strict=True)
+    current = module.state_dict()
+    # Same dtypes: take the loaded (possibly memory-mapped) tensors as they are instead of copying
+    # them, so a checkpoint is never held twice in memory.
+    assign = all(v.dtype == current[k].dtype for k, v in state.items())
+    module.load_state_dict(state, strict=True, assign=assign)
     return module.eval().requires_grad_(False)
 
 
@@ -185,6 +189,13 @@ def load_aligner(domain, weights_dir=None):
 
 
 def clear_cache() -> None:
-    """Forget every loaded model (tests, or after replacing weight files)."""
+    """Forget every loaded model (tests, or after replacing weight files) and the editors holding them."""
+    import sys
+
     for fn in (_generator, _mapper, _encoder, _clip, _fs3, _aligner):
         fn.cache_clear()
+    # Editors keep references to the models: a cached editor would keep serving the old weights.
+    for name in ("deltaedit.pipelines.gan", "deltaedit.pipelines.diffusion_editor"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "_cached_editor"):
+            module._cached_editor.cache_clear()

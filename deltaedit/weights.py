@@ -87,7 +87,7 @@ _D_HINT = (
     " train-diffusion --domain ffhq ...`, or set DELTAEDIT_D_FFHQ_REPO to a hub repo holding them,"
     " or put the diffusers folder as deltaedit-d-ffhq/ in --weights-dir"
 )
-_TOY_HINT = "it ships with the repository; rebuild the toy weights with `python -m deltaedit toy`"
+_TOY_HINT = "it ships with the repository; rebuild the toy weights with `python -m deltaedit toy train`"
 
 REGISTRY: dict[str, WeightSource] = {
     s.tag: s
@@ -508,10 +508,19 @@ def load_torch_file(path) -> object:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    try:
+    def load(mmap: bool):
         # argparse.Namespace is plain data (rosinality checkpoints store their training args in one).
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            # Memory-mapped: tensors are read from the page cache instead of copied into RAM first.
+            return load(mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zipfile" not in str(exc):
+                raise
+            return load(mmap=False)  # legacy (pre-zip) checkpoints cannot be mapped
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path} holds objects other than tensors and plain data, which are not loaded for"

@@ -263,12 +263,12 @@ def test_weight_files_with_wrong_keys_or_truncated(tiny_ffhq, tmp_path, latent_f
     torch.save(ckpt, wrong / GENERATOR_FILE)
     assert_one_line_error(*run_edit(capsys, wrong, *base)[::2], GENERATOR_FILE, "extra.weight")
 
-    cut = copy_weights(tiny_ffhq.weights, tmp_path / "cut")
     for name in (MAPPER_FILE, CLIP_FILE):
+        # A fresh folder per file: loaded weights may be memory-mapped, so never rewrite them in place.
+        cut = copy_weights(tiny_ffhq.weights, tmp_path / f"cut-{name}")
         path = cut / name
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         assert_one_line_error(*run_edit(capsys, cut, *base)[::2], name)
-        copy_weights(tiny_ffhq.weights, cut)  # restore for the next file
 
 
 def test_missing_source_option_is_a_usage_error(tiny_ffhq, tmp_path, capsys):

@@ -8,6 +8,7 @@ strength, threshold; clear errors for bad input; re-edits do no CLIP work.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,23 @@ def test_load_editor_loads_once_and_shares(tiny_ffhq):
         load_editor("ffhq", backbone="vae", weights_dir=tiny_ffhq.weights)
     with pytest.raises(InputError, match="domain"):
         load_editor("no-such-domain", weights_dir=tiny_ffhq.weights)
+
+
+def test_clear_cache_forgets_the_editor_too(tiny_ffhq, tmp_path):
+    """After replacing weight files and `models.clear_cache()`, load_editor serves the new ones."""
+    from deltaedit import models
+
+    folder = copy_weights(tiny_ffhq.weights, tmp_path / "weights")
+    old = editor_for(tiny_ffhq, folder)
+    ckpt = torch.load(folder / GENERATOR_FILE, weights_only=True)
+    ckpt["g_ema"]["input.input"] = ckpt["g_ema"]["input.input"] + 1.0
+    # Replaced, not rewritten in place: the loaded weights may be memory-mapped from the old file.
+    torch.save(ckpt, folder / "new.pt")
+    os.replace(folder / "new.pt", folder / GENERATOR_FILE)
+    models.clear_cache()
+    new = editor_for(tiny_ffhq, folder)
+    assert new is not old
+    torch.testing.assert_close(new.generator.input.input, old.generator.input.input + 1.0)
 
 
 def test_generator_from_e4e_file_alone(tiny_ffhq):
