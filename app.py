@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import random
+import reprlib
 import signal
 import sys
 from pathlib import Path
@@ -222,6 +223,28 @@ class PhotoInput(gr.Image):
             ) from exc
 
 
+class _NumbersOnly:
+    """A number field whose non-numeric API values ("abc", a list) give a clear message, not a server error."""
+
+    is_template = True  # rendered by the frontend's own component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:  # gradio's own "greater than maximum value" messages
+            raise
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"{self.label} must be a number, got {reprlib.repr(payload)}.") from exc
+
+
+class NumberSlider(_NumbersOnly, gr.Slider):
+    pass
+
+
+class NumberField(_NumbersOnly, gr.Number):
+    pass
+
+
 # ---------------------------------------------------------------- the page
 
 HOW_IT_WORKS = f"""
@@ -285,7 +308,7 @@ def build_demo() -> gr.Blocks:
                     elem_id="input-image",
                 )
                 with gr.Row():
-                    seed = gr.Number(
+                    seed = NumberField(
                         value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80
                     )
                     sample_button = gr.Button("Random sample", size="sm")
@@ -297,8 +320,8 @@ def build_demo() -> gr.Blocks:
                     lines=2,
                     elem_id="target-text",
                 )
-                strength = gr.Slider(-5, 5, value=1.0, step=0.1, label="Strength")
-                threshold = gr.Slider(0, 0.5, value=0.03, step=0.005, label="Disentanglement threshold")
+                strength = NumberSlider(-5, 5, value=1.0, step=0.1, label="Strength")
+                threshold = NumberSlider(0, 0.5, value=0.03, step=0.005, label="Disentanglement threshold")
             with gr.Column(scale=3, min_width=360):
                 with gr.Tabs():
                     with gr.Tab("DeltaEdit-G"):
@@ -306,11 +329,11 @@ def build_demo() -> gr.Blocks:
                         gan_outputs = _edit_result_components("gan")
                     with gr.Tab("DeltaEdit-D"):
                         d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN))
-                        steps = gr.Slider(5, 200, value=50, step=1, label="DDIM steps")
+                        steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps")
                         d_button = gr.Button("Edit with DeltaEdit-D", variant="primary")
                         d_outputs = _edit_result_components("diffusion")
                     with gr.Tab("Compare"):
-                        compare_steps = gr.Slider(5, 200, value=50, step=1, label="DDIM steps (D)")
+                        compare_steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps (D)")
                         compare_button = gr.Button("Run both", variant="primary")
                         with gr.Row():
                             cmp_source = gr.Image(
@@ -391,4 +414,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     # SIGTERM (container stop) exits normally, so atexit removes the download folder.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    demo.launch(allowed_paths=[str(ROOT / "assets")], css=CSS)
+    # Only the example photos and the precomputed DeltaSpace pictures may be served from disk (uploads
+    # and results live in Gradio's temp cache); weights and code under assets/ or the repo stay private.
+    demo.launch(allowed_paths=[str(EXAMPLES_DIR), str(service.CACHED_REPORT_DIR)], css=CSS)

@@ -9,6 +9,7 @@ pass through unchanged; `app.py` turns them into `gr.Error`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -37,6 +38,11 @@ BACKBONE_NAMES = {"gan": "DeltaEdit-G", "diffusion": "DeltaEdit-D"}
 D_UNAVAILABLE = "DeltaEdit-D weights are not available for this domain"
 MAX_SEED = 2**31 - 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OUT_OF_MEMORY = (
+    "The GPU ran out of memory: try fewer target lines, fewer DDIM steps or a smaller photo, or try"
+    " again in a minute."
+)
+MAX_NOTICE_CHARS = 300  # a 10,000-character prompt must not fill the page (or the log) twice over
 # A report computed offline (`python -m deltaedit analyze --domain toy --out assets/deltaspace`).
 CACHED_REPORT_DIR = REPO_ROOT / "assets" / "deltaspace"
 
@@ -156,6 +162,43 @@ OUTPUTS = OutputStore()
 # ---------------------------------------------------------------- requests
 
 
+class OutOfMemory(DeltaEditError):
+    """The accelerator ran out of memory for this request (the next, smaller one may work)."""
+
+
+@contextlib.contextmanager
+def gpu_memory_guard():
+    """CUDA out-of-memory becomes a clear `OutOfMemory`; the allocator's cache is released so the
+    next request starts from a clean slate instead of failing too."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        log.warning("out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemory(OUT_OF_MEMORY) from exc
+
+
+@contextlib.contextmanager
+def upload_errors(image):
+    """Messages about an uploaded file name "the uploaded image", never the server's temp path."""
+    try:
+        yield
+    except InputError as exc:
+        if not isinstance(image, (str, os.PathLike)) or str(image) not in str(exc):
+            raise
+        message = str(exc).replace(f"Image file {image}", "The uploaded image")
+        raise type(exc)(message.replace(f"image file {image}", "the uploaded image")) from exc
+
+
+def _short(text: str) -> str:
+    """`text` cut in the middle to MAX_NOTICE_CHARS: notices quote the prompt first, their reason last."""
+    if len(text) <= MAX_NOTICE_CHARS:
+        return text
+    half = MAX_NOTICE_CHARS // 2
+    return f"{text[:half]} … {text[-half:]}"
+
+
 def check_seed(seed) -> int:
     try:
         value = float(seed)
@@ -174,8 +217,10 @@ def codes_image(codes) -> Image.Image:
 
 def sample(domain: str, seed) -> Image.Image:
     """The seeded random source of a domain, as a picture."""
+    seed = check_seed(seed)
     editor = get_editor(domain, "gan")
-    return codes_image(editor.sample(check_seed(seed)))
+    with gpu_memory_guard():
+        return codes_image(editor.sample(seed))
 
 
 @dataclass
@@ -201,9 +246,9 @@ def _summary(view: EditView, source_text: str, strength: float, threshold: float
     name = BACKBONE_NAMES[view.backbone]
     knobs = f"strength {strength:g}, threshold {threshold:g}" + (f", {steps} DDIM steps" if steps else "")
     lines = [
-        f"**{name}**: {len(view.targets)} edit(s) in **{view.seconds:.2f} s** ({knobs}; source text “{source_text}”)."
+        f"**{name}**: {len(view.targets)} edit(s) in **{view.seconds:.2f} s** ({knobs}; source text “{_short(source_text)}”)."
     ]
-    lines += [f"- ⚠️ {n}" for n in view.notices]
+    lines += [f"- ⚠️ {_short(n)}" for n in view.notices]
     return "\n".join(lines)
 
 
@@ -230,13 +275,19 @@ def edit(
         raise InputError("the target text is empty: describe the edit, e.g. 'face with smile'")
     seed = check_seed(seed)
     editor = get_editor(domain, backbone)
-    codes = editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
-    kwargs = dict(
-        codes=codes, targets=target, source=source, strength=strength, threshold=threshold, align=bool(align)
-    )
-    if backbone == "diffusion":
-        kwargs["steps"] = steps if steps is not None else 50
-    result = editor.edit(**kwargs)
+    with gpu_memory_guard(), upload_errors(image):
+        codes = editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
+        kwargs = dict(
+            codes=codes,
+            targets=target,
+            source=source,
+            strength=strength,
+            threshold=threshold,
+            align=bool(align),
+        )
+        if backbone == "diffusion":
+            kwargs["steps"] = steps if steps is not None else 50
+        result = editor.edit(**kwargs)
     seconds = time.perf_counter() - t0
     view = EditView(
         backbone=backbone,
@@ -304,7 +355,7 @@ def compare(
     if len((target or "").strip().splitlines()) > 1:
         lines.append(f"Compare uses the first target line only: “{first}”.")
     notices = dict.fromkeys(gan.notices + (diffusion.notices if diffusion else []))
-    lines += [f"- ⚠️ {n}" for n in notices]
+    lines += [f"- ⚠️ {_short(n)}" for n in notices]
     return CompareView(gan.source_image, gan, diffusion, "\n\n".join(lines))
 
 

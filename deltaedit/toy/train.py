@@ -178,7 +178,15 @@ def train_clip(
 
 # -- stage 3: generator + encoder ------------------------------------------------------------------
 def train_autoencoder(
-    images: np.ndarray, steps: int, batch: int, seed: int, lr: float = 2e-3, progress=True, device="cpu"
+    images: np.ndarray,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 2e-3,
+    progress=True,
+    device="cpu",
+    beta1: float = 0.0,
+    edge_weight: float = 0.0,
 ):
     """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders."""
     from ..nn.e4e import Encoder4Editing
@@ -194,7 +202,7 @@ def train_autoencoder(
     )
     latent_avg = torch.nn.Parameter(torch.zeros(G.n_latent, G.style_dim, device=device))
     params = list(G.parameters()) + list(encoder.parameters()) + [latent_avg]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
+    opt = torch.optim.Adam(params, lr=lr, betas=(beta1, 0.99))
     rng = np.random.default_rng(seed + 1)
     losses = []
     bar = tqdm(range(steps), desc="toy generator+encoder", disable=not progress)
@@ -205,6 +213,8 @@ def train_autoencoder(
         w = encoder(x) + latent_avg[None]
         x_hat = G.synthesis(w)
         loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
+        if edge_weight:
+            loss = loss + edge_weight * _edge_loss(x_hat, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -212,6 +222,18 @@ def train_autoencoder(
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     G, encoder = G.eval().requires_grad_(False).cpu(), encoder.eval().requires_grad_(False).cpu()
     return G, encoder, latent_avg.detach().cpu(), losses
+
+
+def _edge_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between image gradients: keeps thin strokes (glasses, mouth, eyes) that L1/L2 alone blur."""
+
+    def dx(t):
+        return t[..., :, 1:] - t[..., :, :-1]
+
+    def dy(t):
+        return t[..., 1:, :] - t[..., :-1, :]
+
+    return F.l1_loss(dx(x_hat), dx(x)) + F.l1_loss(dy(x_hat), dy(x))
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = False) -> None:

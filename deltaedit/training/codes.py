@@ -296,7 +296,7 @@ def make_codes(
         meta.update(
             n=sum(counts.values()),
             shards=[counts[i] for i in sorted(counts)],
-            clip_dim=int(np.load(first, mmap_mode="r").shape[1]) if counts else None,
+            clip_dim=int(np.load(first, mmap_mode="r", allow_pickle=False).shape[1]) if counts else None,
             complete=True,
         )
         _write_json_atomic(meta_path, meta)

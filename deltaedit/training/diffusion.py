@@ -96,7 +96,10 @@ class ShardDataset(Dataset):
             style_path = path.with_name(path.name[: -len(IMAGES_SUFFIX)] + STYLES_SUFFIX)
             if not style_path.is_file():
                 raise InputError(f"shard {path.name} has no matching {style_path.name}")
-            images, styles = np.load(path, mmap_mode="r"), np.load(style_path, mmap_mode="r")
+            images, styles = (
+                np.load(path, mmap_mode="r", allow_pickle=False),
+                np.load(style_path, mmap_mode="r", allow_pickle=False),
+            )
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
                 raise InputError(
                     f"{path.name}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"

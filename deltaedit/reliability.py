@@ -1,0 +1,553 @@
+"""Reliability checks of the running app (`app.py`) through its public gradio_client API.
+
+Two checks, both against a server on this machine only:
+
+* hostile input (`hostile_cases`, `run_case`): broken, odd or oversized photos, prompts and
+  numbers. Each case expects a clear error or a sensible result; after each the server must still
+  answer and, when we launched it ourselves (`launch_app`), nothing may be written outside its
+  temp folders and a refused request may leave no download file behind.
+* load (`run_load`): N concurrent edits; every request must be answered or told that the queue is
+  full (the app bounds its queue), none lost. It reports p50/p95 latency and the server's memory
+  (RSS from /proc/PID/status) before and after.
+
+`python -m deltaedit reliability` runs both and prints a table. gradio_client (not gradio) is
+imported on first use, so the library stays gradio-free.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# What a server we launched may create in its private temp folder: its download folder (service),
+# Gradio's upload/result cache and torch's compile cache. Anything else is a stray file.
+ALLOWED_TEMP_ENTRIES = ("deltaedit-app-", "gradio", "torchinductor_")
+MAX_GROWTH_MB = 300.0
+EDIT = dict(domain="toy", source="face", strength=1.0, threshold=0.03, seed=0, align=True)
+
+
+# ---------------------------------------------------------------- the server
+
+
+def check_local_url(url: str) -> str:
+    """`url` with a trailing slash; refuses anything but this machine (the checks are a small DoS)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
+        raise InputError(
+            f"the reliability checks only run against this machine (http://127.0.0.1:PORT/), not {url!r}"
+        )
+    return url if url.endswith("/") else url + "/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process `pid` in MB (VmRSS of /proc/PID/status); None where unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def is_serving(url: str, timeout: float = 10.0) -> bool:
+    """The page answers with 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+class LaunchedApp:
+    """`python app.py` on a free localhost port, with an empty working folder and a private TMPDIR.
+
+    The private folders make "no file left behind" checkable: the working folder must stay empty,
+    the temp folder may hold only `ALLOWED_TEMP_ENTRIES`, and after a normal stop (SIGTERM) the
+    download folder must be gone.
+    """
+
+    def __init__(self, extra_env: dict[str, str] | None = None, start_timeout_s: float = 180.0):
+        self.root = Path(tempfile.mkdtemp(prefix="deltaedit-reliability-"))
+        self.cwd = self.root / "cwd"
+        self.tmp = self.root / "tmp"
+        self.cwd.mkdir()
+        self.tmp.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = self.root / "server.log"
+        env = {
+            **os.environ,
+            **(extra_env or {}),
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.port),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "TMPDIR": str(self.tmp),
+            "GRADIO_TEMP_DIR": str(self.tmp / "gradio"),
+            "GRADIO_EXAMPLES_CACHE": str(self.tmp / "gradio" / "examples"),
+            "DELTAEDIT_PRELOAD": "",
+        }
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "app.py")],
+            cwd=self.cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.process.pid
+        self.startup_s = self._wait_ready(start_timeout_s)
+        self.leftovers_after_stop: list[str] | None = None
+
+    def _wait_ready(self, timeout: float) -> float:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.process.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{tail}")
+            if is_serving(self.url, timeout=5):
+                return time.perf_counter() - t0
+            time.sleep(0.5)
+        tail = self.log_tail()
+        self.stop()
+        raise RuntimeError(f"app.py did not answer within {timeout:.0f} s:\n{tail}")
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def output_dir(self) -> Path | None:
+        """The service's download folder (`deltaedit-app-*` in the private temp folder)."""
+        found = sorted(self.tmp.glob("deltaedit-app-*"))
+        return found[0] if found else None
+
+    def output_files(self) -> set[str]:
+        folder = self.output_dir()
+        return {p.name for p in folder.glob("*.png")} if folder else set()
+
+    def stray_files(self) -> list[str]:
+        """Files written where the app should never write: its working folder or elsewhere in TMPDIR."""
+        strays = [str(p) for p in self.cwd.rglob("*")]
+        strays += [str(p) for p in self.tmp.iterdir() if not p.name.startswith(ALLOWED_TEMP_ENTRIES)]
+        return strays
+
+    def stop(self) -> None:
+        """SIGTERM (as a container stop), then record what the app left in its temp folder."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not self._log.closed:
+            self._log.close()
+        if self.leftovers_after_stop is None and self.tmp.is_dir():
+            self.leftovers_after_stop = [p.name for p in self.tmp.glob("deltaedit-app-*")]
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LaunchedApp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def launch_app(weights_dir: str | os.PathLike | None = None, **kwargs) -> LaunchedApp:
+    """Start the app (toy weights from `weights_dir`, else the packaged ones); use as a context manager."""
+    env = {"DELTAEDIT_WEIGHTS_DIR": str(weights_dir)} if weights_dir else {}
+    return LaunchedApp(env, **kwargs)
+
+
+def make_client(url: str, download_dir: Path, max_workers: int = 8):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=str(download_dir), max_workers=max_workers)
+
+
+# ---------------------------------------------------------------- hostile input
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims width x height: a decompression bomb without the memory."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytearray(data[12:29])  # chunk type + 13 bytes of IHDR data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def _noise(size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "CMYK": 4}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(array[..., 0] if channels == 1 else array, mode)
+
+
+def write_hostile_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Odd, broken and hostile image files, by case name (names carry a `hostile-` marker)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    def put(name: str, data: bytes) -> None:
+        files[name] = folder / f"hostile-{name}"
+        files[name].write_bytes(data)
+
+    def save(name: str, image: Image.Image, fmt: str, **kwargs) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, fmt, **kwargs)
+        put(name, buf.getvalue())
+        return buf.getvalue()
+
+    put("zero-bytes.png", b"")
+    jpeg = save("ok.jpg", _noise((48, 48)), "JPEG", quality=90)
+    put("truncated.jpg", jpeg[: len(jpeg) // 2])
+    png = save("ok.png", _noise((48, 48), seed=1), "PNG")
+    put("truncated.png", png[: len(png) // 2])
+    put("text-renamed.png", b"this is a text file, not a picture\n" * 20)
+    put("svg.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
+    put("bomb-400mpx.png", _png_claiming_size(20_000, 20_000))  # over PIL's own hard limit
+    put("bomb-64mpx.png", _png_claiming_size(8_000, 8_000))  # under PIL's, over ours (50 Mpx)
+    save("1x1.png", Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")
+    grey16 = (np.arange(40 * 40, dtype=np.uint32).reshape(40, 40) * 40).astype(np.uint16)
+    save("16bit.png", Image.fromarray(grey16), "PNG")
+    save("cmyk.jpg", _noise((40, 40), "CMYK", seed=2), "JPEG")
+    save("palette.png", _noise((40, 40), seed=3).convert("P"), "PNG")
+    frames = [_noise((32, 32), seed=s).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    put("animated.gif", buf.getvalue())
+    save("rgba.png", _noise((40, 40), "RGBA", seed=4), "PNG")
+    save("grey.png", _noise((40, 40), "L", seed=5), "PNG")
+    rotated = _noise((48, 24), seed=6)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    save("exif-rotated.jpg", rotated, "JPEG", exif=exif)
+    return files
+
+
+@dataclass
+class Case:
+    """One hostile request: `request` is the keyword arguments of `client.predict`."""
+
+    name: str
+    group: str  # image, prompt, number
+    request: dict
+    expect: str  # "ok" (a sensible result) or "error" (a clear message)
+    match: str = ""  # regex the error message (or, for "ok", the summary) must contain
+
+
+def hostile_cases(files: dict[str, Path]) -> list[Case]:
+    """The hostile-input cases against /edit_gan (and /edit_diffusion for its own slider)."""
+    from gradio_client import handle_file
+
+    def image(name: str, expect: str, match: str = "") -> Case:
+        request = dict(EDIT, image=handle_file(files[name]), target="face with smile", api_name="/edit_gan")
+        return Case(f"image {name}", "image", request, expect, match)
+
+    def prompt(name: str, expect: str, match: str = "", **change) -> Case:
+        return Case(
+            f"prompt {name}", "prompt", dict(EDIT, image=None, api_name="/edit_gan", **change), expect, match
+        )
+
+    def number(name: str, match: str, api_name: str = "/edit_gan", **change) -> Case:
+        request = dict(EDIT, image=None, target="face with smile", api_name=api_name, **change)
+        if api_name == "/edit_diffusion":
+            request.setdefault("steps", 10)
+        return Case(f"number {name}", "number", request, "error", match)
+
+    unreadable = r"not a readable image|cannot be decoded|not an image|empty"
+    return [
+        image("zero-bytes.png", "error", unreadable),
+        image("truncated.jpg", "error", r"damaged or truncated|not a readable image"),
+        image("truncated.png", "error", r"damaged or truncated|not a readable image"),
+        image("text-renamed.png", "error", unreadable),
+        image("svg.svg", "error", unreadable),
+        image("bomb-400mpx.png", "error", r"too large|not a readable image"),
+        image("bomb-64mpx.png", "error", r"too large"),
+        image("1x1.png", "ok"),
+        image("16bit.png", "ok"),
+        image("cmyk.jpg", "ok"),
+        image("palette.png", "ok"),
+        image("animated.gif", "ok"),
+        image("rgba.png", "ok"),
+        image("grey.png", "ok"),
+        image("exif-rotated.jpg", "ok"),
+        prompt("empty", "error", r"target text is empty", target=""),
+        prompt("spaces only", "error", r"target text is empty", target="   \n\t  "),
+        prompt("10,000 characters", "ok", r"too long", target=("face with a big smile " * 500)[:10_000]),
+        prompt("10,000-character source", "ok", r"too long", target="face with smile", source="x" * 10_000),
+        prompt("control characters", "ok", target="face\x00 with\x1b[31m smile\x07\r"),
+        prompt("mixed scripts and emoji", "ok", target="face with 笑顔 улыбка ابتسامة 😀👓"),
+        prompt("identical source and target", "ok", r"nothing to edit", target="face", source="face"),
+        prompt(
+            "too many lines",
+            "error",
+            r"at most \d+ targets",
+            target="\n".join(f"face {i}" for i in range(40)),
+        ),
+        number("strength 1e6", r"maximum", strength=1e6),
+        number("strength -1e6", r"minimum", strength=-1e6),
+        number("strength not a number", r"must be a number", strength="abc"),
+        number("threshold -1", r"minimum", threshold=-1),
+        number("seed 1e12", r"maximum", seed=1e12),
+        number("seed not a number", r"must be a number", seed="twelve"),
+        number("steps 100000", r"maximum", api_name="/edit_diffusion", steps=100_000),
+        number("domain as a path", r"not in the list of choices", domain="../../etc/passwd"),
+    ]
+
+
+@dataclass
+class CaseResult:
+    name: str
+    group: str
+    passed: bool
+    outcome: str  # "ok", "error" or "lost"
+    detail: str
+    seconds: float
+
+
+def _looks_sensible(result) -> str:
+    """'' when an /edit_gan answer is a usable edit; otherwise what is wrong with it."""
+    (before, after), gallery, files, summary = result
+    with Image.open(before) as b, Image.open(after) as a:
+        if b.size != a.size or min(a.size) < 8:
+            return f"before {b.size} / after {a.size} are not a usable pair"
+        if not np.isfinite(np.asarray(a, dtype=np.float32)).all():
+            return "the edited image has non-finite pixels"
+    if not files or not gallery or "DeltaEdit-G" not in summary:
+        return "the answer lacks its download file, gallery or summary"
+    return ""
+
+
+def run_case(client, case: Case, app: LaunchedApp | None = None, timeout_s: float = 120.0) -> CaseResult:
+    """Send one case; check its outcome, that the server still serves and (launched app) the files."""
+    before_outputs = app.output_files() if app else set()
+    t0 = time.perf_counter()
+    outcome, text, problem = "lost", "", ""
+    try:
+        result = client.submit(**case.request).result(timeout=timeout_s)
+        outcome, text = "ok", str(result[3])
+        if case.request.get("api_name") == "/edit_gan":
+            problem = _looks_sensible(result)
+    except TimeoutError:
+        problem = f"no answer within {timeout_s:.0f} s"
+    except Exception as exc:  # AppError (gr.Error), ValueError from the client: both say "refused"
+        outcome, text = "error", str(exc)
+    seconds = time.perf_counter() - t0
+
+    if outcome != "lost" and outcome != case.expect:
+        problem = f"expected {case.expect}, got {outcome}: {text[:200]}"
+    elif case.match and outcome != "lost" and not re.search(case.match, text):
+        problem = f"message does not say /{case.match}/: {text[:200]}"
+    elif outcome == "error" and ("Traceback" in text or "upstream Gradio app has raised" in text):
+        problem = f"an unexplained server error instead of a clear message: {text[:200]}"
+    if not problem and not is_serving(client.src):
+        problem = "the server stopped answering"
+    if not problem and app is not None:
+        strays = app.stray_files()
+        new_outputs = app.output_files() - before_outputs
+        if strays:
+            problem = f"files written outside the app's temp folders: {strays[:3]}"
+        elif outcome == "error" and new_outputs:
+            problem = f"a refused request left download files: {sorted(new_outputs)[:3]}"
+    detail = problem or (text.splitlines()[0][:120] if text else outcome)
+    return CaseResult(case.name, case.group, not problem, outcome, detail, seconds)
+
+
+def run_hostile(url: str, app: LaunchedApp | None = None, timeout_s: float = 120.0) -> list[CaseResult]:
+    """Every hostile case against the app at `url`, then one ordinary edit (the server still works)."""
+    url = check_local_url(url)
+    with tempfile.TemporaryDirectory(prefix="deltaedit-hostile-") as work:
+        work = Path(work)
+        client = make_client(url, work / "downloads")
+        cases = hostile_cases(write_hostile_files(work / "files"))
+        cases.append(
+            Case(
+                "ordinary edit afterwards",
+                "health",
+                dict(EDIT, image=None, target="face with smile", api_name="/edit_gan"),
+                "ok",
+            )
+        )
+        return [run_case(client, case, app, timeout_s) for case in cases]
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass
+class LoadReport:
+    requests: int
+    concurrency: int
+    answered: int = 0
+    queue_full: int = 0  # told so by the server: the bounded queue working as designed
+    errors: int = 0  # other error answers
+    lost: int = 0  # no answer within the time limit
+    latencies_s: list[float] = field(default_factory=list)  # of the answered requests
+    wall_s: float = 0.0
+    rss_before_mb: float | None = None
+    rss_after_mb: float | None = None
+    error_messages: list[str] = field(default_factory=list)
+
+    @property
+    def p50_s(self) -> float | None:
+        return _percentile(self.latencies_s, 50)
+
+    @property
+    def p95_s(self) -> float | None:
+        return _percentile(self.latencies_s, 95)
+
+    @property
+    def growth_mb(self) -> float | None:
+        if self.rss_before_mb is None or self.rss_after_mb is None:
+            return None
+        return self.rss_after_mb - self.rss_before_mb
+
+    @property
+    def passed(self) -> bool:
+        accounted = self.answered + self.queue_full + self.errors + self.lost == self.requests
+        growth_ok = self.growth_mb is None or self.growth_mb <= MAX_GROWTH_MB
+        return accounted and self.lost == 0 and self.errors == 0 and self.answered > 0 and growth_ok
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def _is_queue_full(exc: Exception) -> bool:
+    return type(exc).__name__ == "QueueError" or "queue is full" in str(exc).lower()
+
+
+def run_load(
+    url: str,
+    requests: int = 50,
+    concurrency: int = 50,
+    timeout_s: float = 120.0,
+    pid: int | None = None,
+    request: Callable[[int], dict] | None = None,
+) -> LoadReport:
+    """`requests` edits, `concurrency` at a time, all within `timeout_s`; each answered, queue-full or lost.
+
+    One warm-up edit runs first so that lazily loaded models are not counted as growth. `request(i)`
+    gives the i-th request's keyword arguments (default: /edit_gan of the seeded sample i).
+    """
+    url = check_local_url(url)
+    if not 1 <= requests <= 1000 or not 1 <= concurrency <= 200:
+        raise InputError("--requests must be 1..1000 and --concurrency 1..200 (this is a local check)")
+    if request is None:
+
+        def request(i: int) -> dict:
+            return dict(EDIT, image=None, seed=i, target="face with smile", api_name="/edit_gan")
+
+    report = LoadReport(requests, concurrency)
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory(prefix="deltaedit-load-") as downloads:
+        client = make_client(url, Path(downloads), max_workers=concurrency)
+        client.predict(**request(requests))  # warm-up
+        report.rss_before_mb = rss_mb(pid) if pid else None
+        deadline = time.monotonic() + timeout_s
+
+        def one(i: int) -> None:
+            t0 = time.perf_counter()
+            job = client.submit(**request(i))
+            try:
+                job.result(timeout=max(0.1, deadline - time.monotonic()))
+                with lock:
+                    report.answered += 1
+                    report.latencies_s.append(time.perf_counter() - t0)
+            except TimeoutError:
+                job.cancel()
+                with lock:
+                    report.lost += 1
+            except Exception as exc:
+                with lock:
+                    if _is_queue_full(exc):
+                        report.queue_full += 1
+                    else:
+                        report.errors += 1
+                        report.error_messages.append(str(exc)[:200])
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(one, range(requests)))
+        report.wall_s = time.perf_counter() - t0
+        report.rss_after_mb = rss_mb(pid) if pid else None
+    return report
+
+
+# ---------------------------------------------------------------- report
+
+
+def format_report(cases: list[CaseResult], load: LoadReport | None, app: LaunchedApp | None = None) -> str:
+    """A plain-text table: hostile cases tried/passed per group, failures, then the load figures."""
+    lines = []
+    if cases:
+        lines += ["hostile input", f"  {'group':<10}{'tried':>7}{'passed':>8}"]
+        for group in dict.fromkeys(c.group for c in cases):
+            mine = [c for c in cases if c.group == group]
+            lines.append(f"  {group:<10}{len(mine):>7}{sum(c.passed for c in mine):>8}")
+        lines.append(f"  {'total':<10}{len(cases):>7}{sum(c.passed for c in cases):>8}")
+        lines += [f"  FAILED {c.name}: {c.detail}" for c in cases if not c.passed]
+    if load is not None:
+
+        def fmt(value, unit):
+            return "n/a" if value is None else f"{value:.{2 if unit == 's' else 0}f} {unit}"
+
+        lines += [
+            "load",
+            f"  requests {load.requests} (concurrency {load.concurrency}) in {load.wall_s:.1f} s",
+            f"  answered {load.answered}, queue full {load.queue_full}, errors {load.errors}, lost {load.lost}",
+            f"  latency p50 {fmt(load.p50_s, 's')}, p95 {fmt(load.p95_s, 's')}",
+            f"  server RSS before {fmt(load.rss_before_mb, 'MB')}, after {fmt(load.rss_after_mb, 'MB')},"
+            f" growth {fmt(load.growth_mb, 'MB')} (limit {MAX_GROWTH_MB:.0f} MB)",
+        ]
+        lines += [f"  error: {m}" for m in load.error_messages[:5]]
+        lines.append(f"  {'PASSED' if load.passed else 'FAILED'}")
+    if app is not None and app.leftovers_after_stop is not None:
+        left = app.leftovers_after_stop
+        lines.append(f"temp folders after stop: {'none left' if not left else 'LEFT ' + ', '.join(left)}")
+    return "\n".join(lines)
