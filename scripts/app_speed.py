@@ -52,7 +52,7 @@ def screenshot(url: str, path: Path, chromium: str) -> None:
         browser = p.chromium.launch(
             executable_path=chromium, headless=True, args=["--no-sandbox"] if os.geteuid() == 0 else []
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.locator("#input-image input[type=file]").set_input_files(
             str(REPO / "assets/examples/toy_brown_hair.png")
@@ -61,7 +61,10 @@ def screenshot(url: str, path: Path, chromium: str) -> None:
         page.locator("#target-text textarea").fill(
             "face with smile\nface with blond hair\nface with eyeglasses"
         )
-        page.locator("#edit-gan").click()
+        page.wait_for_timeout(2000)
+        # A page-wide status overlay can linger over the button after the upload; a DOM click
+        # event reaches the button regardless of what is drawn on top of it.
+        page.locator("#edit-gan").dispatch_event("click")
         page.locator("#edit-info-gan").get_by_text("DeltaEdit-G").wait_for(timeout=120_000)
         page.wait_for_timeout(1000)  # let the images finish loading
         path.parent.mkdir(parents=True, exist_ok=True)
