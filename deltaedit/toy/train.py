@@ -136,6 +136,7 @@ def train_clip(
     lr: float = 1e-3,
     progress=True,
     device="cpu",
+    caption_fn=None,
 ):
     """Contrastive (InfoNCE both ways) training of the toy CLIP on renders and random captions."""
     import open_clip
@@ -143,6 +144,7 @@ def train_clip(
     from ..clip import build_clip_from_config, build_tokenizer
     from .attributes import caption
 
+    caption_fn = caption_fn or caption  # (attributes, rng) -> text; default: a varied random caption
     cfg = load_domain_config("toy")
     torch.manual_seed(seed)
     model = build_clip_from_config(cfg.clip.model_config_file).to(device)
@@ -162,7 +164,7 @@ def train_clip(
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
         idx = rng.choice(len(images), size=batch, replace=False)
         x = _to_tensor(images[idx]).to(device)
-        tokens = tokenizer([caption(attrs[i], rng) for i in idx]).to(device)
+        tokens = tokenizer([caption_fn(attrs[i], rng) for i in idx]).to(device)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
         loss = loss_fn(img, txt, model.logit_scale.exp())
