@@ -223,26 +223,30 @@ class PhotoInput(gr.Image):
             ) from exc
 
 
-class _NumbersOnly:
-    """A number field whose non-numeric API values ("abc", a list) give a clear message, not a server error."""
+def _numbers_only(component, preprocess, payload):
+    """Run `preprocess`; a non-numeric API value ("abc", a list) gets a clear message, not a server error."""
+    try:
+        return preprocess(payload)
+    except gr.Error:  # gradio's own "greater than maximum value" messages
+        raise
+    except (TypeError, ValueError) as exc:
+        raise gr.Error(f"{component.label} must be a number, got {reprlib.repr(payload)}.") from exc
 
-    is_template = True  # rendered by the frontend's own component
+
+# Gradio renders a template with the frontend component of its *direct* base class, so each one
+# derives from the gradio component itself (a mixin listed first would name an unknown component).
+class NumberSlider(gr.Slider):
+    is_template = True
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:  # gradio's own "greater than maximum value" messages
-            raise
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"{self.label} must be a number, got {reprlib.repr(payload)}.") from exc
+        return _numbers_only(self, super().preprocess, payload)
 
 
-class NumberSlider(_NumbersOnly, gr.Slider):
-    pass
+class NumberField(gr.Number):
+    is_template = True
 
-
-class NumberField(_NumbersOnly, gr.Number):
-    pass
+    def preprocess(self, payload):
+        return _numbers_only(self, super().preprocess, payload)
 
 
 # ---------------------------------------------------------------- the page

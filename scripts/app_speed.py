@@ -61,10 +61,7 @@ def screenshot(url: str, path: Path, chromium: str) -> None:
         page.locator("#target-text textarea").fill(
             "face with smile\nface with blond hair\nface with eyeglasses"
         )
-        page.wait_for_timeout(2000)
-        # A page-wide status overlay can linger over the button after the upload; a DOM click
-        # event reaches the button regardless of what is drawn on top of it.
-        page.locator("#edit-gan").dispatch_event("click")
+        page.locator("#edit-gan").click()
         page.locator("#edit-info-gan").get_by_text("DeltaEdit-G").wait_for(timeout=120_000)
         page.wait_for_timeout(1000)  # let the images finish loading
         path.parent.mkdir(parents=True, exist_ok=True)
