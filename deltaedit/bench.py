@@ -205,12 +205,14 @@ def _write_random_ffhq_weights(folder: Path) -> None:
 
 
 _MEMORY_PROBE = """
-import json, resource, sys, torch
+import json, sys, torch
 from deltaedit import models
 d = sys.argv[1]
 models.load_generator("ffhq", "cpu", d); models.load_mapper("ffhq", "cpu", d)
 models.load_clip("ffhq", "cpu", d); models.load_encoder("ffhq", "cpu", d)
-print(json.dumps({"peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+# VmHWM belongs to this process's own address space (ru_maxrss would carry the parent's over exec).
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_gb": hwm_kb / 2**20}))
 """
 
 
