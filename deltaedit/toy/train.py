@@ -189,9 +189,6 @@ def train_autoencoder(
     device="cpu",
     beta1: float = 0.0,
     edge_weight: float = 0.0,
-    attrs=None,
-    classifier=None,
-    attribute_weight: float = 0.0,
 ):
     """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders."""
     from ..nn.e4e import Encoder4Editing
@@ -214,20 +211,12 @@ def train_autoencoder(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
-        idx = rng.choice(len(images), size=batch, replace=False)
-        x = _to_tensor(images[idx]).to(device)
+        x = _to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
         w = encoder(x) + latent_avg[None]
         x_hat = G.synthesis(w)
         loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
         if edge_weight:
             loss = loss + edge_weight * _edge_loss(x_hat, x)
-        if attribute_weight:
-            # A frozen attribute classifier must still read every attribute in the reconstruction:
-            # keeps the few-pixel features (eyes, glasses, mouth) that pixel losses wash out.
-            from .classifier import _targets, classifier_loss
-
-            targets = _targets([attrs[i] for i in idx]).to(device)
-            loss = loss + attribute_weight * classifier_loss(classifier, x_hat, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
