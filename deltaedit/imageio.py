@@ -235,7 +235,7 @@ def load_latents(
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
-        hint = " (a batch: pass index= to pick one)" if array.ndim == 3 else ""
+        hint = " (a batch: pick one row with --index N, or index= in Python)" if array.ndim == 3 else ""
         raise InputError(
             f"{path} has shape {tuple(array.shape)}{hint}; W+ codes must be {expected} or"
             f" [1, {expected[1:-1]}]."

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--image", type=Path, help="a photo (JPEG/PNG/...)")
     src.add_argument("--latents", type=Path, help="a .npy of W+ latents, shape [18, 512] or [1, 18, 512]")
     p.add_argument(
+        "--index", type=int, default=None, help="row to edit when --latents holds a batch [N, 18, 512]"
+    )
+    p.add_argument(
         "--no-align", action="store_true", help="the photo is already aligned (skip face alignment)"
     )
     p.add_argument("--target", required=True, action="append", help="target text; repeat for several edits")
@@ -65,7 +68,8 @@ def run(args) -> int:
 
         with torch.device("meta"):  # the W+ shape only; no weights
             G = Generator.from_config(load_domain_config(args.domain).generator)
-        given = dict(latents=load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim))
+        latents = load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim, index=args.index)
+        given = dict(latents=latents)
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
     kwargs = dict(targets=args.target, source=args.source, strength=args.strength, threshold=args.threshold)
     if args.backbone == "diffusion":
