@@ -131,3 +131,27 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch)
 def test_eval_refuses_a_domain_without_a_classifier(capsys):
     assert cli.main(["eval", "--domain", "ffhq", "--n", "1"]) == 2
     assert "classifier" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
+def test_edit_cli_picks_one_row_of_a_latents_batch_with_index(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
+    editor = GanEditor.load("toy")
+    batch = torch.cat([editor.sample(seed=s).w_plus for s in (1, 2, 3)]).numpy()  # [3, n_latent, style_dim]
+    path = tmp_path / "batch.npy"
+    np.save(path, batch)
+    args = ["edit", "--domain", "toy", "--latents", str(path), "--target", "face with red hair"]
+    assert cli.main([*args, "--out", str(tmp_path / "x.png")]) == 2
+    assert "--index" in capsys.readouterr().err
+    sources = []
+    for i in (1, 2):
+        out = tmp_path / f"row{i}.png"
+        assert (
+            cli.main(
+                [*args, "--index", str(i), "--source-out", str(out), "--out", str(tmp_path / f"e{i}.png")]
+            )
+            == 0
+        )
+        sources.append(np.asarray(Image.open(out)))
+    assert sources[0].shape == (64, 64, 3)
+    assert not np.array_equal(sources[0], sources[1])  # different rows, different faces
