@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..pipelines.diffusion import psnr
 from .attributes import SOURCE_TARGET_PAIRS, TWO_ATTRIBUTE_PROMPTS, prompt_targets, standard_prompts
 from .classifier import predict
 from .render import render_batch
@@ -81,12 +82,6 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = torch.mean((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) ** 2).item()
-    return float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
-
-
 def _score(report_scores, prompt, asked: dict[str, str], src_pred, edit_pred, similarity):
     success = all(edit_pred[a] == v for a, v in asked.items())
     preserved = all(edit_pred[a] == src_pred[a] for a in src_pred if a not in asked)
@@ -128,7 +123,7 @@ def evaluate(
             src_pred = predict(classifier, result.source_tensor)[0]
             edit_preds = predict(classifier, result.edited_tensor)
             if source is None and getattr(result, "input_tensor", None) is not None:
-                psnrs.append(psnr(result.source_tensor, result.input_tensor))
+                psnrs.append(float(psnr(result.source_tensor, result.input_tensor).mean()))
             for (scores, prompt, _, _, asked), edit_pred, edited in zip(
                 group, edit_preds, result.edited_tensor
             ):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import load_domain_config
+from .render import images_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,6 @@ SMOKE = ToyBudget(
     diffusion_steps=2,
     diffusion_batch=4,
 )
-
-
-def _to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def _lr_at(step: int, steps: int, base: float, warmup: int) -> float:
@@ -163,7 +159,7 @@ def train_clip(
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
         idx = rng.choice(len(images), size=batch, replace=False)
-        x = _to_tensor(images[idx]).to(device)
+        x = images_to_tensor(images[idx]).to(device)
         tokens = tokenizer([caption_fn(attrs[i], rng) for i in idx]).to(device)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
@@ -211,7 +207,7 @@ def train_autoencoder(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
-        x = _to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
+        x = images_to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
         w = encoder(x) + latent_avg[None]
         x_hat = G.synthesis(w)
         loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
@@ -327,7 +323,7 @@ def train_toy(
             seed=seed,
             encoder=encoder,
             latent_avg=latent_avg,
-            images=(_to_tensor(images[i : min(i + 64, n)]) for i in range(0, n, 64)),
+            images=(images_to_tensor(images[i : min(i + 64, n)]) for i in range(0, n, 64)),
             progress=progress,
             domain="toy",
         )
@@ -359,7 +355,7 @@ def train_toy(
         from ..relevance import compute_fs3
 
         with torch.no_grad():  # the toy generator has no z prior: perturb encoded renders
-            w = encoder(_to_tensor(images[:1024]).to(device)) + latent_avg[None]
+            w = encoder(images_to_tensor(images[:1024]).to(device)) + latent_avg[None]
         fs3 = compute_fs3(
             G, clip, n_samples=budget.fs3_samples, batch_size=64, seed=seed, progress=progress, codes=w
         )
@@ -385,7 +381,7 @@ def train_toy(
 
         # DeltaEdit-D is text-free too: renders and the style codes of their encodings.
         n = min(budget.n_codes, len(images))
-        x = _to_tensor(images[:n])
+        x = images_to_tensor(images[:n])
         with torch.no_grad():
             s_codes = torch.cat(
                 [
