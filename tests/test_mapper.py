@@ -102,9 +102,20 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_a_level_with_mixed_widths_is_mapped_flat():
+    # Tapering channels (toy generators): coarse layers 6 and 5 wide -> one flat block of 11.
+    layout = StyleLayout(widths=(6, 5, 5), resolutions=(4, 8, 64))
+    mapper = DeltaMapper(layout, clip_dim=4)
+    assert mapper.shapes["coarse"] == (1, 11) and "coarse" in mapper.flat_levels
+    s, cond = torch.randn(3, layout.total, requires_grad=True), torch.randn(3, 8)
+    out = mapper(s, cond)
+    assert out.shape == (3, layout.total)
+    # The coarse output depends on every coarse input channel (one MLP over the whole block).
+    out[:, :6].sum().backward()
+    assert (s.grad[:, 6:11].abs().sum(0) > 0).all()
+
+
 def test_layouts_the_mapper_cannot_take():
-    with pytest.raises(InputError, match="coarse style layers have different widths"):
-        DeltaMapper(StyleLayout((6, 5, 5), (4, 8, 64)))
     with pytest.raises(InputError, match="follow each other"):
         DeltaMapper(StyleLayout((6, 5, 5), (4, 64, 8)))
     mapper = DeltaMapper(SMALL, clip_dim=4)

@@ -51,9 +51,44 @@ def test_clip_trainer_lowers_the_contrastive_loss_on_a_fixed_batch():
         return caption(attributes, np.random.default_rng(1))
 
     _, _, losses = toy_train.train_clip(
-        images, attrs, steps=20, batch=16, seed=0, lr=3e-3, progress=False, caption_fn=fixed_caption
+        images,
+        attrs,
+        steps=20,
+        batch=16,
+        seed=0,
+        lr=3e-3,
+        progress=False,
+        caption_fn=fixed_caption,
+        template_rate=0.0,  # no random template around the captions: the batch stays fixed
     )
     assert np.mean(losses[-3:]) < losses[0] - 0.5
+
+
+def test_clip_training_text_wraps_captions_in_the_prompt_templates(monkeypatch):
+    # Inference embeds every prompt through the 79 templates, so training must show them too.
+    import deltaedit.clip as clip_module  # train_clip imports build_tokenizer from here when it runs
+    from deltaedit.templates import TEMPLATES
+
+    seen = []
+
+    build = clip_module.build_tokenizer
+
+    def recording_tokenizer(*args, **kwargs):
+        tokenizer = build(*args, **kwargs)
+
+        def tokenize(texts):
+            seen.extend(texts)
+            return tokenizer(texts)
+
+        return tokenize
+
+    monkeypatch.setattr(clip_module, "build_tokenizer", recording_tokenizer)
+    images, attrs = _fixed_batch(16)
+    toy_train.train_clip(images, attrs, steps=2, batch=16, seed=0, progress=False, template_rate=1.0)
+    prefixes = {t.split("{}")[0] for t in TEMPLATES}
+    assert len(seen) == 32
+    assert all(any(text.startswith(p) for p in prefixes if p) or text.endswith(".") for text in seen)
+    assert len(set(seen)) > 16  # different templates and captions, not one fixed string
 
 
 def test_autoencoder_trainer_lowers_the_reconstruction_loss_on_a_fixed_batch():
@@ -155,3 +190,79 @@ def test_edit_cli_picks_one_row_of_a_latents_batch_with_index(tmp_path, capsys, 
         sources.append(np.asarray(Image.open(out)))
     assert sources[0].shape == (64, 64, 3)
     assert not np.array_equal(sources[0], sources[1])  # different rows, different faces
+
+
+# The issue's floors for the shipped weights, on faces no training stage saw (seed 1000).
+EVAL_FLOORS = {"success": 0.80, "preservation": 0.90}
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "classifier.safetensors").is_file() or not _shipped(), reason="no toy weights"
+)
+def test_shipped_classifier_reads_unseen_renders():
+    from deltaedit.toy.attributes import ATTRIBUTE_NAMES
+    from deltaedit.toy.classifier import load_classifier, predict
+    from deltaedit.toy.render import render_batch
+
+    classifier = load_classifier(ASSETS / "classifier.safetensors")
+    x, attrs = render_batch(200, seed=4242, as_tensor=True)
+    preds = predict(classifier, x)
+    for name in ATTRIBUTE_NAMES:  # the eval's judge must itself be right, attribute by attribute
+        accuracy = np.mean([p[name] == getattr(a, name) for p, a in zip(preds, attrs)])
+        assert accuracy >= 0.95, (name, accuracy)
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "classifier.safetensors").is_file() or not _shipped(), reason="no toy weights"
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 3 is open: the shipped toy weights measure success 0.39 / preservation 0.41"
+    " (README, 'The built-in toy domain'); strict, so meeting the floors turns this red until the"
+    " marker is removed",
+)
+def test_shipped_toy_domain_meets_the_eval_floors(capsys, monkeypatch):
+    monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
+    assert cli.main(["eval", "--domain", "toy", "--backbone", "gan", "--n", "40", "--seed", "1000"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    found = re.fullmatch(r"success=(\S+) preservation=(\S+)", last)
+    assert found, last
+    success, preservation = float(found[1]), float(found[2])
+    assert success >= EVAL_FLOORS["success"] and preservation >= EVAL_FLOORS["preservation"], last
+
+
+def test_toy_generator_uses_the_configured_upsampling_filter():
+    from deltaedit.config import load_domain_config
+    from deltaedit.nn.stylegan2 import Generator
+
+    cfg = load_domain_config("toy")
+    assert cfg.generator.blur_kernel == (1.0, 1.0)
+    G = Generator.from_config(cfg.generator)
+    assert G.to_rgbs[0].upsample.kernel.shape == (2, 2)  # FFHQ's (1, 3, 3, 1) would be 4 x 4
+
+
+def test_style_scale_normalisation_keeps_the_pictures_and_sets_mean_abs_style_to_one():
+    from deltaedit.config import load_domain_config
+    from deltaedit.nn.e4e import Encoder4Editing
+    from deltaedit.nn.stylegan2 import Generator
+    from deltaedit.nn.stylespace import w_plus_to_s
+    from deltaedit.toy.render import render_batch
+
+    cfg = load_domain_config("toy")
+    torch.manual_seed(0)
+    G = Generator.from_config(cfg.generator).eval().requires_grad_(False)
+    encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim).eval()
+    # Large W+ as an unregularised autoencoder leaves them: styles far from order 1.
+    latent_avg = torch.randn(G.n_latent, G.style_dim) * 20
+    x, _ = render_batch(8, seed=3, as_tensor=True)
+    with torch.no_grad():
+        w = encoder(x) + latent_avg[None]
+        before = G.synthesis(w)
+        scales = toy_train.normalise_style_scale(G, encoder, latent_avg, x)
+        after = G.synthesis(w)
+        styles = w_plus_to_s(G, w)
+    assert max(scales) > 2
+    # Equal up to float rounding, relative to the output's range (random weights: |x| up to ~80).
+    assert (after - before).abs().max() <= 1e-5 * before.abs().max()
+    for s in styles:
+        assert abs(float(s.abs().mean()) - 1.0) < 1e-4

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..toy.train import STAGES
+from ..toy.train import GAN_STAGES, STAGES
 
 NAME = "toy"
 HELP = "train every weight of the built-in toy domain (toy train), or render a contact sheet (toy sheet)"
@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stages",
         nargs="+",
         choices=STAGES,
-        default=list(STAGES),
-        help="run only these stages (e.g. clip and autoencoder in two processes at once)",
+        default=None,
+        help="run only these stages (default: every stage but diffusion for --budget cpu, whose"
+        " DeltaEdit-D stage runs on its own with --stages diffusion; every stage otherwise)",
     )
     s = sub.add_parser("sheet", help="write a PNG grid of random renders")
     s.add_argument("--out", type=Path, required=True)
@@ -57,7 +58,7 @@ def run(args) -> int:
         seed=args.seed,
         budget=budget,
         force=args.force,
-        stages=tuple(args.stages),
+        stages=tuple(args.stages or (GAN_STAGES if args.budget == "cpu" else STAGES)),
         device=args.device,
     )
     print(json.dumps(summary, indent=2))

@@ -7,6 +7,9 @@ Each level has a style module (sm_*), a condition module (cm_*) and a fusion mod
 - coarse / medium levels: styles enter per layer as [B, L, W]; the condition output [B, W] is
   repeated L times and concatenated on the last axis -> [B, L, 2W] -> fusion -> [B, L*W].
 - fine level: the remaining styles enter flat [B, F]; concat with the condition output -> [B, 2F].
+- generalisation (not in the paper): a coarse or medium level whose layers differ in width, as in
+  small generators with tapering channels, is processed flat like the fine level. FFHQ's layout
+  has equal widths there, so the official checkpoint's modules are unchanged.
 
 Kept on purpose (the checkpoint was trained with them): PixelNorm on [B, L, W] normalises over
 dim 1, the layer axis; the activation bias of those 3-D tensors is added on the last axis.
@@ -53,20 +56,18 @@ class DeltaMapper(nn.Module):
                 "the style layout's coarse, medium and fine layers must follow each other in that order"
             )
 
-        # level -> (n_layers, width) for per-layer levels, (1, total) for the flattened fine level
+        # level -> (n_layers, width) for per-layer levels, (1, total) for flattened ones
         self.shapes: dict[str, tuple[int, int]] = {}
-        for level in ("coarse", "medium"):
-            widths = {layout.widths[i] for i in groups[level]}
-            if len(widths) > 1:
-                raise InputError(
-                    f"the {level} style layers have different widths {sorted(widths)}; the Delta Mapper needs "
-                    f"one width per level (choose generator channels that are equal up to {('8', '32')[level == 'medium']} px)"
-                )
-            if groups[level]:
-                self.shapes[level] = (len(groups[level]), widths.pop())
-        fine = sum(layout.widths[i] for i in groups["fine"])
-        if fine:
-            self.shapes["fine"] = (1, fine)
+        self.flat_levels: set[str] = set()
+        for level in LEVELS:
+            widths = [layout.widths[i] for i in groups[level]]
+            if not widths:
+                continue
+            if level == "fine" or len(set(widths)) > 1:
+                self.shapes[level] = (1, sum(widths))
+                self.flat_levels.add(level)
+            else:
+                self.shapes[level] = (len(widths), widths[0])
 
         for level, (_, width) in self.shapes.items():
             setattr(self, f"sm_{level}", Mapper(width, width))
@@ -86,7 +87,7 @@ class DeltaMapper(nn.Module):
             chunk = s_flat[:, start : start + n_layers * width]
             start += n_layers * width
             c = getattr(self, f"cm_{level}")(cond)  # [B, width]
-            if level == "fine":
+            if level in self.flat_levels:
                 x = torch.cat([getattr(self, f"sm_{level}")(chunk), c], dim=1)
             else:
                 s = getattr(self, f"sm_{level}")(chunk.reshape(batch, n_layers, width))

@@ -328,6 +328,7 @@ class Generator(nn.Module):
             n_mlp=config.n_mlp,
             channel_multiplier=config.channel_multiplier,
             channels=config.channels,
+            blur_kernel=config.blur_kernel,
             lr_mlp=config.lr_mlp,
         )
 

@@ -319,6 +319,11 @@ class GanEditor:
         )
         if codes.image is None:
             codes.image, images = images[:1], images[1:]
+        # A target with nothing to change is the source itself, not a re-decode of it that a
+        # different batch size may round differently.
+        unchanged = (delta_s == 0).all(dim=1)
+        if unchanged.any():
+            images = torch.where(unchanged.view(-1, 1, 1, 1), codes.image.to(images.dtype), images)
         timings["decode"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return make_result(

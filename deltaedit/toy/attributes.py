@@ -71,10 +71,10 @@ class Jitter:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Jitter:
         return cls(
-            angle=float(rng.uniform(-8.0, 8.0)),
-            dx=float(rng.uniform(-0.04, 0.04)),
-            dy=float(rng.uniform(-0.04, 0.04)),
-            scale=float(rng.uniform(0.92, 1.08)),
+            angle=float(rng.uniform(-5.0, 5.0)),
+            dx=float(rng.uniform(-0.025, 0.025)),
+            dy=float(rng.uniform(-0.025, 0.025)),
+            scale=float(rng.uniform(0.95, 1.05)),
         )
 
 

@@ -36,12 +36,17 @@ BACKGROUND_RGB = {
 FACE_HALF_WIDTH = {"normal": 0.18, "chubby": 0.235, "thin": 0.135}
 
 EYE_Y = 0.47
-EYE_DX = 0.075
+EYE_DX = 0.08
 MOUTH_Y = 0.595
 HEAD_CY, HEAD_RY = 0.46, 0.235
-GLASSES_R = 0.064
+GLASSES_R = 0.07
 FRAME_RGB = (16, 16, 20)
 MOUTH_RGB = (112, 26, 36)
+# The face is drawn zoomed about ZOOM_CENTRE so that it fills the frame like an aligned FFHQ crop:
+# at 64 px every feature (glasses frames, mouth, pupils) then spans at least two pixels.
+ZOOM = 1.3
+ZOOM_CENTRE = (0.5, 0.47)
+STROKE = 0.03  # glasses frames and the closed mouth, in face units (about 2.5 px)
 
 
 @lru_cache(maxsize=64)
@@ -64,16 +69,16 @@ class _Canvas:
     def __init__(self, attrs: FaceAttributes, pixels: int):
         j = attrs.jitter
         a = math.radians(j.angle)
-        s = j.scale * pixels
-        # p_pixels = A @ (p - 0.5) + t
+        s = j.scale * ZOOM * pixels
+        # p_pixels = A @ (p - ZOOM_CENTRE) + t
         self.matrix = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) * s
-        self.offset = np.array([(0.5 + j.dx) * pixels, (0.5 + j.dy) * pixels])
+        self.offset = np.array([(ZOOM_CENTRE[0] + j.dx) * pixels, (ZOOM_CENTRE[1] + j.dy) * pixels])
         self.pixels = pixels
         self.image = Image.new("RGB", (pixels, pixels), BACKGROUND_RGB[attrs.background_color])
         self.draw = ImageDraw.Draw(self.image)
 
     def _xy(self, points: np.ndarray) -> list[tuple[float, float]]:
-        return [tuple(p) for p in ((points - 0.5) @ self.matrix.T + self.offset).tolist()]
+        return [tuple(p) for p in ((points - ZOOM_CENTRE) @ self.matrix.T + self.offset).tolist()]
 
     def polygon(self, points: np.ndarray, rgb):
         self.draw.polygon(self._xy(points), fill=rgb)
@@ -93,9 +98,9 @@ def _draw_face(c: _Canvas, a: FaceAttributes):
     back = np.concatenate([[[0.5 - rx - 0.045, 0.64]], back, [[0.5 + rx + 0.045, 0.64]]])
     c.polygon(back, hair)
     # Neck, then clothes over the shoulders (down past the frame so jitter never uncovers it).
-    c.polygon(np.array([[0.44, 0.6], [0.56, 0.6], [0.57, 0.88], [0.43, 0.88]]), _shade(skin, 0.88))
-    c.polygon(_ellipse(0.5, 1.1, 0.44, 0.28, 180, 360, 32), CLOTHES_RGB[a.clothes_color])
-    c.polygon(np.array([[0.45, 0.83], [0.55, 0.83], [0.5, 0.89]]), _shade(skin, 0.88))
+    c.polygon(np.array([[0.44, 0.6], [0.56, 0.6], [0.57, 0.86], [0.43, 0.86]]), _shade(skin, 0.88))
+    c.polygon(_ellipse(0.5, 1.02, 0.46, 0.27, 180, 360, 32), CLOTHES_RGB[a.clothes_color])
+    c.polygon(np.array([[0.45, 0.75], [0.55, 0.75], [0.5, 0.81]]), _shade(skin, 0.88))
     # Head.
     c.polygon(_ellipse(0.5, HEAD_CY, rx, HEAD_RY), skin)
     # Hair cap: the part of a slightly larger ellipse above the hairline.
@@ -112,7 +117,7 @@ def _draw_face(c: _Canvas, a: FaceAttributes):
         c.polygon(fringe, hair)
     # Eyes: white, then pupil.
     big = a.big_eyes == "yes"
-    erx, ery, pupil = (0.046, 0.038, 0.025) if big else (0.028, 0.019, 0.014)
+    erx, ery, pupil = (0.058, 0.05, 0.032) if big else (0.036, 0.028, 0.02)
     for side in (-1, 1):
         ex = 0.5 + side * EYE_DX
         c.polygon(_ellipse(ex, EYE_Y, erx, ery, n=24), (250, 250, 250))
@@ -121,22 +126,29 @@ def _draw_face(c: _Canvas, a: FaceAttributes):
     c.polygon(np.array([[0.5, 0.5], [0.485, 0.545], [0.515, 0.545]]), _shade(skin, 0.82))
     # Mouth: an open smile (dark half-ellipse with teeth) or a closed straight line.
     if a.smile == "yes":
-        c.polygon(_ellipse(0.5, MOUTH_Y - 0.01, 0.075, 0.055, 0, 180, 20), MOUTH_RGB)
-        c.polygon(_ellipse(0.5, MOUTH_Y - 0.01, 0.06, 0.018, 0, 180, 12), (250, 250, 250))
+        c.polygon(_ellipse(0.5, MOUTH_Y - 0.01, 0.085, 0.065, 0, 180, 20), MOUTH_RGB)
+        c.polygon(_ellipse(0.5, MOUTH_Y - 0.01, 0.068, 0.022, 0, 180, 12), (250, 250, 250))
     else:
-        c.line(np.array([[0.45, MOUTH_Y + 0.01], [0.55, MOUTH_Y + 0.01]]), MOUTH_RGB, 0.018)
+        c.line(np.array([[0.45, MOUTH_Y + 0.01], [0.55, MOUTH_Y + 0.01]]), MOUTH_RGB, STROKE)
     if a.eyeglasses == "yes":
         for side in (-1, 1):
             ex = 0.5 + side * EYE_DX
-            c.line(_ellipse(ex, EYE_Y, GLASSES_R, GLASSES_R * 0.85, n=28), FRAME_RGB, 0.02)
+            c.line(_ellipse(ex, EYE_Y, GLASSES_R, GLASSES_R * 0.85, n=28), FRAME_RGB, STROKE)
             # Temple arm from the rim to the side of the head.
             c.line(
-                np.array([[ex + side * GLASSES_R, EYE_Y - 0.01], [0.5 + side * rx, EYE_Y - 0.02]]),
+                np.array(
+                    [
+                        [ex + side * GLASSES_R, EYE_Y - 0.01],
+                        [ex + side * max(GLASSES_R, rx - EYE_DX), EYE_Y - 0.02],
+                    ]
+                ),
                 FRAME_RGB,
-                0.02,
+                STROKE,
             )
         c.line(
-            np.array([[0.5 - EYE_DX + GLASSES_R, EYE_Y], [0.5 + EYE_DX - GLASSES_R, EYE_Y]]), FRAME_RGB, 0.02
+            np.array([[0.5 - EYE_DX + GLASSES_R, EYE_Y], [0.5 + EYE_DX - GLASSES_R, EYE_Y]]),
+            FRAME_RGB,
+            STROKE,
         )
 
 

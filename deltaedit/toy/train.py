@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -43,26 +44,28 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
 @dataclass(frozen=True)
 class ToyBudget:
     n_images: int = 20000
-    clip_steps: int = 800
+    clip_steps: int = 1400
     clip_batch: int = 128
-    ae_steps: int = 1500
-    ae_batch: int = 16
+    ae_steps: int = 6500
+    ae_batch: int = 8
     n_codes: int = 10000
     mapper_steps: int = 4000
-    fs3_samples: int = 4
+    fs3_samples: int = 8
     classifier_steps: int = 700
-    diffusion_steps: int = 0  # DeltaEdit-D: too slow for this CPU budget; the GPU budget trains it
+    # DeltaEdit-D: run on its own (`--stages diffusion`), after the GAN stages it needs.
+    diffusion_steps: int = 3000
     diffusion_batch: int = 32
+    diffusion_lr: float = 5e-4
 
 
 FULL = ToyBudget()
 # The same stages with more steps, for a GPU (minutes instead of an hour).
 GPU = ToyBudget(
     n_images=30000,
-    clip_steps=1200,
+    clip_steps=2000,
     clip_batch=256,
-    ae_steps=2500,
-    ae_batch=32,
+    ae_steps=20000,
+    ae_batch=16,
     n_codes=20000,
     mapper_steps=10000,
     fs3_samples=16,
@@ -133,14 +136,28 @@ def train_clip(
     progress=True,
     device="cpu",
     caption_fn=None,
+    template_rate: float = 0.5,
 ):
-    """Contrastive (InfoNCE both ways) training of the toy CLIP on renders and random captions."""
+    """Contrastive (InfoNCE both ways) training of the toy CLIP on renders and random captions.
+
+    Half of the captions are wrapped in one of the 79 prompt templates ("a bad photo of a {}."):
+    DeltaEdit embeds every prompt through all of them, so the toy CLIP must know that wording,
+    as OpenAI's CLIP did from web captions.
+    """
     import open_clip
 
     from ..clip import build_clip_from_config, build_tokenizer
+    from ..templates import TEMPLATES
     from .attributes import caption
 
     caption_fn = caption_fn or caption  # (attributes, rng) -> text; default: a varied random caption
+
+    def text_for(attributes, rng) -> str:
+        text = caption_fn(attributes, rng)
+        if rng.random() < template_rate:
+            text = TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(text)
+        return text
+
     cfg = load_domain_config("toy")
     torch.manual_seed(seed)
     model = build_clip_from_config(cfg.clip.model_config_file).to(device)
@@ -160,7 +177,7 @@ def train_clip(
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
         idx = rng.choice(len(images), size=batch, replace=False)
         x = images_to_tensor(images[idx]).to(device)
-        tokens = tokenizer([caption_fn(attrs[i], rng) for i in idx]).to(device)
+        tokens = tokenizer([text_for(attrs[i], rng) for i in idx]).to(device)
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
         loss = loss_fn(img, txt, model.logit_scale.exp())
@@ -180,13 +197,18 @@ def train_autoencoder(
     steps: int,
     batch: int,
     seed: int,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     progress=True,
     device="cpu",
-    beta1: float = 0.0,
-    edge_weight: float = 0.0,
+    beta1: float = 0.9,
+    edge_weight: float = 1.0,
 ):
-    """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders."""
+    """Train G and the encoder so that G(encoder(x) + latent_avg) reconstructs renders.
+
+    Plain reconstruction (L1 + L2 + an L1 on image gradients that keeps thin strokes), Adam with
+    momentum: unlike GAN training there is no adversary to chase, and momentum learned features
+    faster in our trials than StyleGAN's beta1 = 0.
+    """
     from ..nn.e4e import Encoder4Editing
     from ..nn.stylegan2 import Generator
 
@@ -222,6 +244,25 @@ def train_autoencoder(
     return G, encoder, latent_avg.detach().cpu(), losses
 
 
+@torch.no_grad()
+def normalise_style_scale(G, encoder, latent_avg, images: torch.Tensor) -> list[float]:
+    """Rescale each conv's modulation so that its styles have mean |s| = 1 on `images`.
+
+    A demodulated convolution ignores a per-layer scale of s, so the pictures do not change; but
+    an autoencoder with no prior on W+ drifts to styles in the tens, and the Delta Mapper (built
+    for FFHQ's styles of order 1) and its MSE loss then learn badly. Returns the scales removed.
+    """
+    w = encoder(images) + latent_avg[None]
+    scales = []
+    for i, conv in enumerate(G.styled_convs()):
+        modulation = conv.conv.modulation
+        scale = float(modulation(w[:, G.conv_w_index(i)]).abs().mean())
+        modulation.weight.div_(scale)
+        modulation.bias.div_(scale)
+        scales.append(scale)
+    return scales
+
+
 def _edge_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 between image gradients: keeps thin strokes (glasses, mouth, eyes) that L1/L2 alone blur."""
 
@@ -247,6 +288,7 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = F
 
 
 STAGES = ("clip", "autoencoder", "mapper", "relevance", "classifier", "diffusion")
+GAN_STAGES = STAGES[:-1]  # everything DeltaEdit-G needs; DeltaEdit-D is trained afterwards
 
 
 def train_toy(
@@ -257,6 +299,7 @@ def train_toy(
     progress=True,
     stages: tuple[str, ...] = STAGES,
     device: str = "cpu",
+    parallel: bool | None = None,
 ) -> dict:
     """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json."""
     from ..clip import DomainClip
@@ -276,24 +319,23 @@ def train_toy(
     images, attrs = render_dataset(budget.n_images, seed)
     summary["timings"]["renders"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    if not skip("clip") and not done("clip.safetensors"):
-        model, tokenizer, losses = train_clip(
-            images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress, device=device
-        )
-        _save_safetensors(model.state_dict(), out_dir / "clip.safetensors", half=True)
-        summary["clip_loss"] = [losses[0], float(np.mean(losses[-20:]))]
-    summary["timings"]["clip"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if not skip("autoencoder") and not (done("generator.safetensors") and done("encoder.safetensors")):
-        G, encoder, latent_avg, losses = train_autoencoder(
-            images, budget.ae_steps, budget.ae_batch, seed, progress=progress, device=device
-        )
-        _save_safetensors(G.state_dict(), out_dir / "generator.safetensors")
-        _save_safetensors({**encoder.state_dict(), "latent_avg": latent_avg}, out_dir / "encoder.safetensors")
-        summary["ae_loss"] = [losses[0], float(np.mean(losses[-20:]))]
-    summary["timings"]["autoencoder"] = time.perf_counter() - t
+    first = [
+        stage
+        for stage, files in (("clip", ("clip.safetensors",)), ("autoencoder", AE_FILES))
+        if not skip(stage) and not all(done(f) for f in files)
+    ]
+    if parallel is None:  # two independent stages, at least two cores: one process each
+        parallel = device == "cpu" and (os.cpu_count() or 1) >= 2
+    if len(first) == 2 and parallel:
+        results = _run_side_by_side(first, images, attrs, budget, seed, out_dir, progress)
+    else:
+        threads = torch.get_num_threads()
+        results = [
+            _run_stage(s, images, attrs, budget, seed, out_dir, device, progress, threads) for s in first
+        ]
+    for result in results:
+        summary["timings"].update(result.pop("timings"))
+        summary.update(result)
 
     # Later stages use the saved weights through the same loaders as every other domain.
     from .. import models
@@ -396,7 +438,8 @@ def train_toy(
             out_dir=run_dir,
             steps=budget.diffusion_steps,
             batch_size=budget.diffusion_batch,
-            lr=2e-4,
+            lr=budget.diffusion_lr,
+            warmup_steps=min(100, budget.diffusion_steps // 10),
             seed=seed,
             progress=progress,
             sample_every=max(budget.diffusion_steps // 4, 1),
@@ -408,6 +451,55 @@ def train_toy(
     summary["timings"]["diffusion"] = time.perf_counter() - t
     models.clear_cache()
     return _finish(summary, out_dir, t0)
+
+
+AE_FILES = ("generator.safetensors", "encoder.safetensors")
+
+
+def _run_stage(stage, images, attrs, budget, seed, out_dir, device, progress, threads) -> dict:
+    """Train and save one of the two independent first stages; returns its summary entries."""
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    if stage == "clip":
+        model, _, losses = train_clip(
+            images, attrs, budget.clip_steps, budget.clip_batch, seed, progress=progress, device=device
+        )
+        _save_safetensors(model.state_dict(), out_dir / "clip.safetensors", half=True)
+    else:
+        G, encoder, latent_avg, losses = train_autoencoder(
+            images, budget.ae_steps, budget.ae_batch, seed, progress=progress, device=device
+        )
+        normalise_style_scale(G, encoder, latent_avg, images_to_tensor(images[:512]))
+        _save_safetensors(G.state_dict(), out_dir / AE_FILES[0])
+        _save_safetensors({**encoder.state_dict(), "latent_avg": latent_avg}, out_dir / AE_FILES[1])
+    key = "clip_loss" if stage == "clip" else "ae_loss"
+    return {key: [losses[0], float(np.mean(losses[-20:]))], "timings": {stage: time.perf_counter() - t}}
+
+
+def _stage_in_subprocess(stage, images_path, attrs, budget, seed, out_dir, progress, threads) -> dict:
+    images = np.load(images_path, mmap_mode="r")
+    return _run_stage(stage, images, attrs, budget, seed, out_dir, "cpu", progress, threads)
+
+
+def _run_side_by_side(stages, images, attrs, budget, seed, out_dir, progress) -> list[dict]:
+    """CLIP and the autoencoder do not depend on each other: train them in two processes at once,
+    each with half the cores (two small models scale poorly past one core each)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    with tempfile.TemporaryDirectory(prefix="deltaedit-toy-renders-") as tmp:
+        images_path = Path(tmp) / "renders.npy"
+        np.save(images_path, images)  # memory-mapped by both workers instead of pickled twice
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+        with ProcessPoolExecutor(len(stages), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(
+                    _stage_in_subprocess, stage, images_path, attrs, budget, seed, out_dir, progress, threads
+                )
+                for stage in stages
+            ]
+            return [f.result() for f in futures]
 
 
 def _style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:

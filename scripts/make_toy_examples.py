@@ -1,0 +1,29 @@
+"""Write the app's example inputs (assets/examples/toy_*.png): toy renders with chosen attributes.
+
+Run after changing the renderer: `python scripts/make_toy_examples.py`.
+"""
+
+from pathlib import Path
+
+from deltaedit.toy.attributes import FaceAttributes
+from deltaedit.toy.render import render
+
+OUT = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES = {
+    "toy_black_hair": FaceAttributes(hair_color="black", clothes_color="blue", background_color="cyan"),
+    "toy_brown_hair": FaceAttributes(
+        hair_color="brown", skin_tone="pale", clothes_color="green", background_color="pink"
+    ),
+    "toy_glasses": FaceAttributes(
+        hair_color="blond", eyeglasses="yes", clothes_color="orange", background_color="gray"
+    ),
+    "toy_red_hair": FaceAttributes(
+        hair_color="red", bangs="yes", skin_tone="tanned", clothes_color="purple", background_color="white"
+    ),
+}
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, attributes in EXAMPLES.items():
+        render(attributes).save(OUT / f"{name}.png")
+        print(f"wrote {OUT / name}.png")
