@@ -170,7 +170,7 @@ def _rows_cols(mask):
 LOCAL_EDITS = {
     "eyeglasses": ({"eyeglasses": "yes"}, (22, 38, 14, 50)),
     "big_eyes": ({"big_eyes": "yes"}, (24, 36, 20, 44)),
-    "smile": ({"smile": "yes"}, (33, 44, 24, 40)),
+    "smile": ({"smile": "yes"}, (33, 46, 24, 40)),
     "bangs": ({"bangs": "yes"}, (17, 28, 17, 47)),
 }
 

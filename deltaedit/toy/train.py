@@ -477,7 +477,7 @@ def _run_stage(stage, images, attrs, budget, seed, out_dir, device, progress, th
 
 
 def _stage_in_subprocess(stage, images_path, attrs, budget, seed, out_dir, progress, threads) -> dict:
-    images = np.load(images_path, mmap_mode="r")
+    images = np.load(images_path, mmap_mode="r", allow_pickle=False)
     return _run_stage(stage, images, attrs, budget, seed, out_dir, "cpu", progress, threads)
 
 
