@@ -120,6 +120,18 @@ def test_smoke_training_writes_a_domain_that_edits_through_the_generic_code(tmp_
     assert not torch.equal(result.edited_tensor, result.source_tensor)
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_clip_and_autoencoder_stages_in_one_process_or_two(tmp_path, parallel):
+    budget = dataclasses.replace(toy_train.SMOKE, n_images=32)
+    summary = toy_train.train_toy(
+        tmp_path, seed=1, budget=budget, progress=False, stages=("clip", "autoencoder"), parallel=parallel
+    )
+    for name in ("clip.safetensors", *toy_train.AE_FILES):
+        assert (tmp_path / name).is_file(), name
+    assert {"clip", "autoencoder"} <= set(summary["timings"])
+    assert len(summary["clip_loss"]) == 2 and len(summary["ae_loss"]) == 2
+
+
 @pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
 def test_edit_cli_works_offline_on_the_shipped_toy_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--budget",
         choices=["cpu", "gpu", "smoke"],
         default="cpu",
-        help="steps per stage: cpu (this 2-core machine, no DeltaEdit-D), gpu (more steps, DeltaEdit-D too),"
+        help="steps per stage: cpu (this 2-core machine; DeltaEdit-D only with --stages diffusion),"
+        " gpu (more steps, DeltaEdit-D too),"
         " smoke (a few steps of every stage, to test the pipeline)",
     )
     t.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -289,6 +289,7 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = F
 
 STAGES = ("clip", "autoencoder", "mapper", "relevance", "classifier", "diffusion")
 GAN_STAGES = STAGES[:-1]  # everything DeltaEdit-G needs; DeltaEdit-D is trained afterwards
+AE_FILES = ("generator.safetensors", "encoder.safetensors")
 
 
 def train_toy(
@@ -329,10 +330,7 @@ def train_toy(
     if len(first) == 2 and parallel:
         results = _run_side_by_side(first, images, attrs, budget, seed, out_dir, progress)
     else:
-        threads = torch.get_num_threads()
-        results = [
-            _run_stage(s, images, attrs, budget, seed, out_dir, device, progress, threads) for s in first
-        ]
+        results = [_run_stage(s, images, attrs, budget, seed, out_dir, device, progress) for s in first]
     for result in results:
         summary["timings"].update(result.pop("timings"))
         summary.update(result)
@@ -453,12 +451,8 @@ def train_toy(
     return _finish(summary, out_dir, t0)
 
 
-AE_FILES = ("generator.safetensors", "encoder.safetensors")
-
-
-def _run_stage(stage, images, attrs, budget, seed, out_dir, device, progress, threads) -> dict:
+def _run_stage(stage, images, attrs, budget, seed, out_dir, device, progress) -> dict:
     """Train and save one of the two independent first stages; returns its summary entries."""
-    torch.set_num_threads(threads)
     t = time.perf_counter()
     if stage == "clip":
         model, _, losses = train_clip(
@@ -477,8 +471,9 @@ def _run_stage(stage, images, attrs, budget, seed, out_dir, device, progress, th
 
 
 def _stage_in_subprocess(stage, images_path, attrs, budget, seed, out_dir, progress, threads) -> dict:
+    torch.set_num_threads(threads)
     images = np.load(images_path, mmap_mode="r", allow_pickle=False)
-    return _run_stage(stage, images, attrs, budget, seed, out_dir, "cpu", progress, threads)
+    return _run_stage(stage, images, attrs, budget, seed, out_dir, "cpu", progress)
 
 
 def _run_side_by_side(stages, images, attrs, budget, seed, out_dir, progress) -> list[dict]:
