@@ -29,6 +29,8 @@ class GeneratorConfig:
     # Low-pass filter of every upsampling step; (1, 1) (nearest) keeps 1-2 px strokes learnable
     # at 64 px, where the FFHQ (1, 3, 3, 1) filter blurs them away.
     blur_kernel: tuple[float, ...] = (1, 3, 3, 1)
+    # False: ToRGB styles are constant, so colour is carried by the editable conv styles (toy).
+    styled_rgb: bool = True
 
 
 @dataclass(frozen=True)

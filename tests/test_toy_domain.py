@@ -224,23 +224,44 @@ def test_shipped_classifier_reads_unseen_renders():
         assert accuracy >= 0.95, (name, accuracy)
 
 
-@pytest.mark.skipif(
-    not (ASSETS / "classifier.safetensors").is_file() or not _shipped(), reason="no toy weights"
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3 is open: the shipped toy weights measure success 0.39 / preservation 0.41"
-    " (README, 'The built-in toy domain'); strict, so meeting the floors turns this red until the"
-    " marker is removed",
-)
-def test_shipped_toy_domain_meets_the_eval_floors(capsys, monkeypatch):
-    monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
-    assert cli.main(["eval", "--domain", "toy", "--backbone", "gan", "--n", "40", "--seed", "1000"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+@pytest.fixture(scope="module")
+def shipped_gan_scores() -> tuple[float, float]:
+    """(success, preservation) of `eval --n 40 --seed 1000` on the shipped toy weights, run once."""
+    if not ((ASSETS / "classifier.safetensors").is_file() and _shipped()):
+        pytest.skip("no toy weights")
+    import contextlib
+    import io
+    import os
+
+    out = io.StringIO()
+    saved = os.environ.pop("DELTAEDIT_WEIGHTS_DIR", None)
+    try:
+        models.clear_cache()
+        with contextlib.redirect_stdout(out):
+            assert (
+                cli.main(["eval", "--domain", "toy", "--backbone", "gan", "--n", "40", "--seed", "1000"]) == 0
+            )
+    finally:
+        if saved is not None:
+            os.environ["DELTAEDIT_WEIGHTS_DIR"] = saved
+    last = out.getvalue().strip().splitlines()[-1]
     found = re.fullmatch(r"success=(\S+) preservation=(\S+)", last)
     assert found, last
-    success, preservation = float(found[1]), float(found[2])
-    assert success >= EVAL_FLOORS["success"] and preservation >= EVAL_FLOORS["preservation"], last
+    return float(found[1]), float(found[2])
+
+
+def test_shipped_toy_domain_meets_the_success_floor(shipped_gan_scores):
+    assert shipped_gan_scores[0] >= EVAL_FLOORS["success"], shipped_gan_scores
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 3 is open: the shipped toy weights measure preservation 0.51 against 0.90"
+    " (README, 'The built-in toy domain'); strict, so meeting the floor turns this red until the"
+    " marker is removed",
+)
+def test_shipped_toy_domain_meets_the_preservation_floor(shipped_gan_scores):
+    assert shipped_gan_scores[1] >= EVAL_FLOORS["preservation"], shipped_gan_scores
 
 
 def test_toy_generator_uses_the_configured_upsampling_filter():
@@ -278,3 +299,138 @@ def test_style_scale_normalisation_keeps_the_pictures_and_sets_mean_abs_style_to
     assert (after - before).abs().max() <= 1e-5 * before.abs().max()
     for s in styles:
         assert abs(float(s.abs().mean()) - 1.0) < 1e-4
+
+
+def test_toy_generator_colour_goes_through_the_editable_conv_styles():
+    # S holds conv styles only; with styled ToRGBs, colour could hide in W+ where no edit reaches.
+    from deltaedit.config import load_domain_config
+    from deltaedit.nn.stylegan2 import Generator
+    from deltaedit.nn.stylespace import decode_s, w_plus_to_s
+
+    cfg = load_domain_config("toy")
+    assert cfg.generator.styled_rgb is False
+    torch.manual_seed(0)
+    G = Generator.from_config(cfg.generator).eval()
+    w1, w2 = G.sample_w_plus(2, truncation=1.0, seed=4).chunk(2)
+    with torch.no_grad():
+        s1 = w_plus_to_s(G, w1)
+        same = decode_s(G, s1, w1), decode_s(G, s1, w2)  # other W+ for the ToRGBs only
+        other = decode_s(G, w_plus_to_s(G, w2), w1)
+    assert torch.equal(same[0], same[1])
+    assert (other - same[0]).abs().mean() > 1e-3  # the conv styles still decide the picture
+    # An FFHQ-style generator's ToRGBs do follow W+.
+    styled = Generator.from_config(dataclasses.replace(cfg.generator, styled_rgb=True)).eval()
+    with torch.no_grad():
+        s1 = w_plus_to_s(styled, w1)
+        assert not torch.equal(decode_s(styled, s1, w1), decode_s(styled, s1, w2))
+
+
+def test_autoencoder_training_keeps_the_toy_torgb_styles_constant():
+    images, _ = _fixed_batch(8)
+    G, _, _, _ = toy_train.train_autoencoder(images, steps=3, batch=8, seed=0, progress=False)
+    for to_rgb in (G.to_rgb1, *G.to_rgbs):
+        assert torch.count_nonzero(to_rgb.conv.modulation.weight) == 0
+
+
+def test_caption_labels_name_exactly_what_the_caption_says():
+    from deltaedit.toy.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
+
+    labels = dict(zip(ATTRIBUTE_NAMES, toy_train.caption_labels("chubby face with red hair and a smile")))
+    assert labels["face_width"] == ATTRIBUTES["face_width"].index("chubby")
+    assert labels["hair_color"] == ATTRIBUTES["hair_color"].index("red")
+    assert labels["smile"] == ATTRIBUTES["smile"].index("yes")
+    assert all(v == -1 for k, v in labels.items() if k not in {"face_width", "hair_color", "smile"})
+    assert (toy_train.caption_labels("face") == -1).all()
+    assert (toy_train.caption_labels("a photo of a dragon") == -1).all()  # outside the vocabulary
+
+
+def test_attribute_probe_skips_unknown_labels_and_weighs_by_how_many_are_known():
+    torch.manual_seed(0)
+    probe = toy_train.AttributeProbe(8)
+    emb = torch.randn(4, 8)
+    labels = torch.full((4, len(probe.heads)), -1)
+    assert float(probe.loss(emb, labels)) == 0.0
+    labels[:2, 0] = torch.tensor([1, 2])
+    expected = torch.nn.functional.cross_entropy(probe.heads[0](emb[:2]), labels[:2, 0]) * 0.5
+    assert torch.allclose(probe.loss(emb, labels), expected)
+
+
+def test_clip_training_probes_image_attributes_and_the_attributes_captions_name(monkeypatch):
+    seen = []
+    original = toy_train.AttributeProbe.loss
+
+    def recording_loss(self, embeddings, labels):
+        seen.append(labels.clone())
+        return original(self, embeddings, labels)
+
+    monkeypatch.setattr(toy_train.AttributeProbe, "loss", recording_loss)
+    images, attrs = _fixed_batch(16)
+    toy_train.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False)
+    image_labels, text_labels = seen
+    vectors = {tuple(a.to_vector()) for a in attrs}
+    assert all(tuple(row.tolist()) in vectors for row in image_labels)  # every attribute, every image
+    assert (text_labels == -1).any() and (text_labels >= 0).any()  # only what each caption names
+    # A caption's known labels agree with its image (captions never lie).
+    assert ((text_labels == -1) | (text_labels == image_labels)).all()
+    seen.clear()
+    toy_train.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False, probe_weight=0)
+    assert not seen
+
+
+D_FLOORS = {"success": 0.70, "preservation": 0.85, "reconstruction_psnr": 30.0}
+
+
+@pytest.fixture(scope="module")
+def shipped_diffusion_scores() -> dict[str, float]:
+    """`eval --backbone diffusion --n 4 --steps 50` on the shipped toy weights, run once (~1 min)."""
+    if not ((ASSETS / "diffusion" / "config.json").is_file() and _shipped()):
+        pytest.skip("no toy DeltaEdit-D weights")
+    import contextlib
+    import io
+    import os
+
+    out = io.StringIO()
+    saved = os.environ.pop("DELTAEDIT_WEIGHTS_DIR", None)
+    try:
+        models.clear_cache()
+        args = [
+            "eval",
+            "--domain",
+            "toy",
+            "--backbone",
+            "diffusion",
+            "--n",
+            "4",
+            "--seed",
+            "1000",
+            "--steps",
+            "50",
+        ]
+        with contextlib.redirect_stdout(out):
+            assert cli.main(args) == 0
+    finally:
+        if saved is not None:
+            os.environ["DELTAEDIT_WEIGHTS_DIR"] = saved
+    lines = out.getvalue().strip().splitlines()
+    psnr = re.fullmatch(r"reconstruction_psnr=(\S+)", lines[-2])
+    scores = re.fullmatch(r"success=(\S+) preservation=(\S+)", lines[-1])
+    assert psnr and scores, lines[-2:]
+    return {
+        "reconstruction_psnr": float(psnr[1]),
+        "success": float(scores[1]),
+        "preservation": float(scores[2]),
+    }
+
+
+def test_shipped_diffusion_model_gives_the_input_back_at_zero_strength(shipped_diffusion_scores):
+    assert shipped_diffusion_scores["reconstruction_psnr"] >= D_FLOORS["reconstruction_psnr"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 4 is open: the shipped toy DeltaEdit-D weights measure success 0.53 / preservation"
+    " 0.69 (README, 'DeltaEdit-D'); strict, so meeting the floors turns this red until the marker is removed",
+)
+def test_shipped_diffusion_model_meets_the_eval_floors(shipped_diffusion_scores):
+    scores = shipped_diffusion_scores
+    assert scores["success"] >= D_FLOORS["success"] and scores["preservation"] >= D_FLOORS["preservation"]

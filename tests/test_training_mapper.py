@@ -21,6 +21,7 @@ from deltaedit.training.mapper import (
     load_training_state,
     mapper_condition,
     mapper_loss,
+    noisy_delta,
     save_mapper_weights,
     split_indices,
     train_mapper,
@@ -67,6 +68,31 @@ def test_condition_is_unit_source_and_unit_delta():
     # A code paired with itself has no direction: zeros, not NaN.
     same = mapper_condition(c1, c1)
     assert torch.all(same[:, CLIP_DIM:] == 0)
+
+
+def test_noisy_delta_keeps_the_image_half_and_a_unit_delta_at_the_asked_distance():
+    cond = mapper_condition(torch.randn(200, CLIP_DIM) + 3, torch.randn(200, CLIP_DIM) + 3)
+    generator = torch.Generator().manual_seed(123)  # not the global seed: noise independent of cond
+    noisy = noisy_delta(cond, 1.0, generator)
+    torch.testing.assert_close(noisy[:, :CLIP_DIM], cond[:, :CLIP_DIM])
+    delta, clean = noisy[:, CLIP_DIM:], cond[:, CLIP_DIM:]
+    torch.testing.assert_close(delta.norm(dim=1), torch.ones(200))
+    # A unit vector plus a random unit vector: the angle to the clean delta is 0-90 degrees, ~45 on average.
+    cos = (delta * clean).sum(dim=1)
+    assert (cos > 0).all() and 0.55 < float(cos.mean()) < 0.85
+    again = noisy_delta(cond, 1.0, torch.Generator().manual_seed(123))
+    assert torch.equal(noisy, again)  # seeded: resumed runs see the same noise
+    torch.testing.assert_close(noisy_delta(cond, 0.01, generator)[:, CLIP_DIM:], clean, atol=0.02, rtol=0)
+
+
+def test_delta_noise_changes_training_and_is_rejected_when_negative(tmp_path):
+    s, c = synthetic_codes()
+    kwargs = dict(steps=5, batch_size=16, val_fraction=0.1, seed=0, progress=False)
+    plain = train_mapper((s, c), LAYOUT, CLIP_DIM, tmp_path / "a.safetensors", **kwargs)
+    noisy = train_mapper((s, c), LAYOUT, CLIP_DIM, tmp_path / "b.safetensors", delta_noise=1.0, **kwargs)
+    assert plain.train_losses[0] != noisy.train_losses[0]  # the same first batch, other conditions
+    with pytest.raises(InputError, match="delta_noise"):
+        train_mapper((s, c), LAYOUT, CLIP_DIM, tmp_path / "c.safetensors", delta_noise=-1.0, **kwargs)
 
 
 def test_loss_is_mse_plus_one_minus_cosine():
@@ -269,7 +295,7 @@ def test_cli_train_mapper_end_to_end(tiny_domain, tmp_path):
         "cpu",
         "--no-progress",
     ]
-    assert cli.main(["train-mapper", *common, "--steps", "2"]) == 0
+    assert cli.main(["train-mapper", *common, "--steps", "2", "--delta-noise", "0.5"]) == 0
     state_path = tmp_path / "mapper.train_state.pt"
     assert load_training_state(state_path)["step"] == 2
     assert cli.main(["train-mapper", *common, "--steps", "4", "--resume", str(state_path)]) == 0

@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a .train_state.pt to continue (or mapper weights to fine-tune)",
     )
+    p.add_argument(
+        "--delta-noise",
+        type=float,
+        default=0.0,
+        help="add this x a random unit vector to each training delta (default 0: the authors' objective;"
+        " the toy domain uses 1.0 to bridge its CLIP's text-image gap)",
+    )
     p.add_argument("--log-every", type=int, default=1000, help="steps between log lines (default 1000)")
     p.add_argument(
         "--val-every", type=int, default=5000, help="steps between validation losses (default 5000)"
@@ -103,6 +110,7 @@ def run(args) -> int:
         val_every=args.val_every,
         save_every=args.save_every,
         accelerator=accelerator,
+        delta_noise=args.delta_noise,
     )
     if accelerator.is_main_process:
         last_val = f", val loss {result.val_losses[-1][1]:.4f}" if result.val_losses else ""

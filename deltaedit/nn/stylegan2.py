@@ -267,6 +267,7 @@ class Generator(nn.Module):
         channels: dict[int, int] | None = None,
         blur_kernel: Sequence[float] = (1, 3, 3, 1),
         lr_mlp: float = 0.01,
+        styled_rgb: bool = True,
     ):
         super().__init__()
         log_size = int(math.log2(size)) if size >= 4 else 0
@@ -318,6 +319,13 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
             self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel))
             in_channel = out_channel
+        if not styled_rgb:
+            # Edits live in S = the conv styles only (as FFHQ's 6048 channels); ToRGB styles follow
+            # W+ and cannot be edited. A small generator would put colour there, so here they are
+            # constant (zero, frozen modulation weight: style = bias) and colour goes through S.
+            for to_rgb in (self.to_rgb1, *self.to_rgbs):
+                to_rgb.conv.modulation.weight.data.zero_()
+                to_rgb.conv.modulation.weight.requires_grad_(False)
 
     @classmethod
     def from_config(cls, config) -> Generator:
@@ -330,6 +338,7 @@ class Generator(nn.Module):
             channels=config.channels,
             blur_kernel=config.blur_kernel,
             lr_mlp=config.lr_mlp,
+            styled_rgb=config.styled_rgb,
         )
 
     # ---- layer bookkeeping shared with deltaedit.nn.stylespace ---------------------------------

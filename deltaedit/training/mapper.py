@@ -117,11 +117,29 @@ def validation_pairs(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
     return indices, indices[partner]
 
 
-def _batch_tensors(s: torch.Tensor, c: torch.Tensor, first, partner, device) -> tuple[torch.Tensor, ...]:
+def _batch_tensors(
+    s: torch.Tensor, c: torch.Tensor, first, partner, device, delta_noise: float = 0.0, generator=None
+) -> tuple[torch.Tensor, ...]:
     first, partner = torch.from_numpy(first), torch.from_numpy(partner)
     s1, s2 = s[first].to(device), s[partner].to(device)
     c1, c2 = c[first].to(device), c[partner].to(device)
-    return s1, mapper_condition(c1, c2), s2 - s1
+    cond = mapper_condition(c1, c2)
+    if delta_noise:
+        cond = noisy_delta(cond, delta_noise, generator)
+    return s1, cond, s2 - s1
+
+
+def noisy_delta(cond: torch.Tensor, scale: float, generator=None) -> torch.Tensor:
+    """The condition with `scale` x a random unit vector added to its unit delta half, renormalised.
+
+    At inference the mapper gets a text delta, which points only roughly where image deltas do
+    (the modality gap). Training on perturbed image deltas teaches it to read the direction it
+    can trust, as LAFITE (Zhou et al., CVPR 2022) perturbs image features for text-free training.
+    """
+    image, delta = cond.chunk(2, dim=-1)
+    noise = torch.randn(delta.shape, generator=generator, dtype=delta.dtype).to(delta.device)
+    delta = delta + scale * F.normalize(noise, dim=-1)
+    return torch.cat([image, F.normalize(delta, dim=-1)], dim=-1)
 
 
 def _as_arrays(codes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,10 +281,12 @@ def train_mapper(
     cos_lambda: float = 1.0,
     accelerator=None,
     device: str | torch.device | None = None,
+    delta_noise: float = 0.0,
 ) -> TrainResult:
     """Train a DeltaMapper for `steps` optimiser steps in total (a resumed run continues to `steps`).
 
     `codes` is a codes folder (`make_codes`) or a pair of arrays (S [N, total], CLIP [N, D]).
+    `delta_noise` > 0 perturbs the training deltas (`noisy_delta`); 0 is the authors' objective.
     With an accelerate `accelerator` every process draws its own batch (global batch = B x
     processes); otherwise training runs on `device` (default CPU).
     """
@@ -290,8 +310,11 @@ def train_mapper(
         "seed": int(seed),
         "val_fraction": float(val_fraction),
         "batch_size": int(batch_size),
+        "delta_noise": float(delta_noise),
     }
     train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
+    if delta_noise < 0:
+        raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
     sampler = PairSampler(train_idx, batch_size, seed)
     val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
 
@@ -359,7 +382,10 @@ def train_mapper(
     )
     for step in bar:
         first, partner = sampler.batch(step, rank, world)
-        s1, cond, target = _batch_tensors(s, c, first, partner, device)
+        noise_rng = (
+            torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + rank) if delta_noise else None
+        )
+        s1, cond, target = _batch_tensors(s, c, first, partner, device, delta_noise, noise_rng)
         loss, l2, cos = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
         l2, cos = l2.detach(), cos.detach()
         optimizer.zero_grad(set_to_none=True)
