@@ -295,6 +295,8 @@ def train_mapper(
         raise InputError(f"--out must end in .pth (official format) or .safetensors, got {out.name}")
     if steps < 0 or batch_size < 1:
         raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
+    if delta_noise < 0:
+        raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
     s, c = _as_arrays(codes)
     if s.shape[1] != layout.total:
         raise InputError(
@@ -313,8 +315,6 @@ def train_mapper(
         "delta_noise": float(delta_noise),
     }
     train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
-    if delta_noise < 0:
-        raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
     sampler = PairSampler(train_idx, batch_size, seed)
     val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
 
