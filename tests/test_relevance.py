@@ -136,3 +136,70 @@ def test_compute_fs3_short_run_estimates_cost(tiny):
     assert stats["batches_run"] == 2
     assert stats["batches"] == total * 4 // 4
     assert stats["projected_seconds"] == pytest.approx(stats["seconds_per_batch"] * stats["batches"])
+
+
+# ---- the `relevance` command -------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured_codes(monkeypatch):
+    """Run `relevance` for one batch and keep the W+ codes it handed to compute_fs3."""
+    from deltaedit import relevance
+
+    seen = {}
+    real = relevance.compute_fs3
+
+    def spy(*args, **kwargs):
+        seen["codes"] = kwargs.get("codes")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relevance, "compute_fs3", spy)
+    return seen
+
+
+def test_cli_relevance_toy_perturbs_encoded_renders(captured_codes, tmp_path, capsys):
+    """The toy generator has no z prior: fs3 samples must be encoded renders, not z draws."""
+    from deltaedit import cli, models
+    from deltaedit.toy.render import images_to_tensor
+    from deltaedit.toy.train import FS3_CODES, render_dataset
+
+    argv = ["relevance", "--domain", "toy", "--out", str(tmp_path / "fs3.npy"), "--device", "cpu"]
+    assert cli.main(argv + ["--seed", "2", "--estimate", "1"]) == 0
+    assert "projected" not in capsys.readouterr().err
+    codes = captured_codes["codes"]
+    G = models.load_generator("toy", "cpu")
+    assert codes.shape == (FS3_CODES, G.n_latent, G.style_dim)
+    encoder, latent_avg = models.load_encoder("toy", "cpu")
+    images, _ = render_dataset(3, 2)
+    with torch.no_grad():
+        expected = encoder(images_to_tensor(images)) + latent_avg[None]
+    torch.testing.assert_close(codes[:3], expected, atol=1e-3, rtol=1e-5)
+
+
+def test_cli_relevance_takes_codes_folder(captured_codes, tmp_path):
+    from deltaedit import cli, models
+    from deltaedit.training.codes import load_codes
+
+    codes_dir = tmp_path / "codes"
+    argv = ["make-codes", "--domain", "toy", "--n", "4", "--out", str(codes_dir), "--device", "cpu"]
+    assert cli.main(argv + ["--no-progress"]) == 0
+    out = tmp_path / "fs3.npy"
+    argv = ["relevance", "--domain", "toy", "--out", str(out), "--codes", str(codes_dir), "--device", "cpu"]
+    assert cli.main(argv + ["--estimate", "1"]) == 0
+    np.testing.assert_array_equal(captured_codes["codes"].numpy(), load_codes(codes_dir)[0])
+    assert not out.exists()  # --estimate only times batches
+
+    # W+ of another generator's shape: a clear error (exit 2), no output file.
+    G = models.load_generator("toy", "cpu")
+    bad = tmp_path / "bad"
+    (bad).mkdir()
+    meta = json.loads((codes_dir / "meta.json").read_text())
+    meta["n_latent"] = G.n_latent + 1
+    for f in codes_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    wplus = np.load(codes_dir / "wplus_00000.npy")
+    np.save(bad / "wplus_00000.npy", np.concatenate([wplus, wplus[:, :1]], axis=1))
+    (bad / "meta.json").write_text(json.dumps(meta))
+    argv = ["relevance", "--domain", "toy", "--out", str(out), "--codes", str(bad), "--device", "cpu"]
+    assert cli.main(argv) == 2
+    assert not out.exists()

@@ -11,10 +11,12 @@ from PIL import Image
 from torch import nn
 
 from deltaedit import cli, models
+from deltaedit.config import load_domain_config
 from deltaedit.errors import InputError
 from deltaedit.imageio import load_image, to_tensor
 from deltaedit.nn.stylegan2 import Generator
 from deltaedit.nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
+from deltaedit.toy.render import images_to_tensor
 from deltaedit.training import codes as codes_mod
 from deltaedit.training.codes import load_codes, make_codes, read_meta, shard_path
 
@@ -256,12 +258,32 @@ def test_cli_make_codes_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "load_generator", lambda domain, device="cpu", weights_dir=None: G)
     monkeypatch.setattr(models, "load_clip", lambda domain, device="cpu", weights_dir=None: StubClip())
     out = tmp_path / "codes"
-    argv = ["make-codes", "--domain", "toy", "--n", "5", "--out", str(out), "--batch-size", "2"]
+    argv = ["make-codes", "--domain", "ffhq", "--n", "5", "--out", str(out), "--batch-size", "2"]
     argv += ["--shard-size", "3", "--seed", "4", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
     wplus, s, c = load_codes(out)
     assert wplus.shape[0] == s.shape[0] == c.shape[0] == 5
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["domain"] == "toy" and meta["seed"] == 4 and meta["shards"] == [3, 2]
+    assert meta["domain"] == "ffhq" and meta["source"] == "sample"
+    assert meta["seed"] == 4 and meta["shards"] == [3, 2]
     # Neither --n nor --images: a clear error, exit code 2.
     assert cli.main(["make-codes", "--domain", "toy", "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+
+
+def test_cli_make_codes_toy_encodes_renders(tmp_path):
+    """The toy generator has no z prior: `--n` codes are seeded renders through the toy encoder."""
+    from deltaedit.toy.train import render_dataset
+
+    out = tmp_path / "codes"
+    argv = ["make-codes", "--domain", "toy", "--n", "6", "--out", str(out), "--batch-size", "4"]
+    assert cli.main(argv + ["--seed", "3", "--device", "cpu", "--no-progress"]) == 0
+    wplus, s, c = load_codes(out)
+    assert json.loads((out / "meta.json").read_text())["source"] == "encode"
+    encoder, latent_avg = models.load_encoder("toy", "cpu")
+    G = models.load_generator("toy", "cpu")
+    images, _ = render_dataset(6, 3)
+    with torch.no_grad():
+        expected = encoder(images_to_tensor(images)) + latent_avg[None]
+    np.testing.assert_allclose(wplus, expected.numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(s, layout_from_generator(G).join(w_plus_to_s(G, expected)).numpy(), rtol=1e-5, atol=1e-3)
+    assert c.shape == (6, load_domain_config("toy").clip.embed_dim)

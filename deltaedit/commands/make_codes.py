@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--n",
         type=int,
         default=None,
-        help="number of codes to sample; with --images, the most images to encode",
+        help="number of codes to sample (toy: renders to encode); with --images, the most images to encode",
     )
     p.add_argument(
         "--images", type=Path, default=None, help="encode this folder of aligned images instead of sampling"
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--shard-size", type=int, default=1024, help="codes per .npy shard (default 1024)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled z (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled z or toy renders (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -75,7 +75,13 @@ def run(args) -> int:
     G = models.load_generator(args.domain, device, args.weights_dir)
     clip = models.load_clip(args.domain, device, args.weights_dir)
     encoder = latent_avg = None
-    if args.images is not None:
+    images = args.images
+    if images is None and cfg.extra.get("sampler") == "render":
+        # A decoder-only generator (the toy domain) has no z prior: encode seeded renders instead.
+        from ..toy.train import rendered_batches
+
+        images = rendered_batches(args.n, args.seed)
+    if images is not None:
         encoder, latent_avg = models.load_encoder(args.domain, device, args.weights_dir)
     out = make_codes(
         G,
@@ -88,7 +94,7 @@ def run(args) -> int:
         truncation=args.truncation,
         encoder=encoder,
         latent_avg=latent_avg,
-        images=args.images,
+        images=images,
         input_size=cfg.encoder.input_size,
         progress=not args.no_progress,
         accelerator=accelerator,

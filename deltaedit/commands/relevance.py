@@ -17,6 +17,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images decoded per batch (default 32)")
     p.add_argument("--alpha", type=float, default=5.0, help="perturbation in channel standard deviations (5)")
     p.add_argument("--truncation", type=float, default=0.7, help="truncation of the sampled codes (0.7)")
+    p.add_argument(
+        "--codes",
+        type=Path,
+        default=None,
+        help="take the samples and channel statistics from this make-codes folder's W+ instead of"
+        " sampling z (for generators trained as decoders; the toy domain encodes renders without it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
@@ -41,6 +48,7 @@ def run(args) -> int:
         raise InputError("--n-samples must be at least 1")
     G = models.load_generator(args.domain, device, args.weights_dir)
     clip = models.load_clip(args.domain, device, args.weights_dir)
+    codes = domain_codes(args, G, device)
     stats: dict = {}
     fs3 = compute_fs3(
         G,
@@ -52,6 +60,7 @@ def run(args) -> int:
         seed=args.seed,
         max_batches=args.estimate or None,
         stats=stats,
+        codes=codes,
     )
     print(
         f"{stats['batches_run']} of {stats['batches']} batches of {stats['images_per_batch']} images,"
@@ -66,3 +75,29 @@ def run(args) -> int:
     tmp.replace(args.out)
     print(f"wrote {args.out} {tuple(fs3.shape)}")
     return 0
+
+
+def domain_codes(args, G, device):
+    """W+ codes to perturb: `--codes`, encoded renders for a render-sampled domain, else None (z)."""
+    import torch
+
+    from .. import models
+    from ..config import load_domain_config
+    from ..errors import InputError
+
+    if args.codes is not None:
+        from ..training.codes import load_codes
+
+        w_plus = torch.from_numpy(load_codes(args.codes)[0])
+        if tuple(w_plus.shape[1:]) != (G.n_latent, G.style_dim):
+            raise InputError(
+                f"{args.codes} holds W+ of shape {list(w_plus.shape[1:])} but the {args.domain} generator"
+                f" takes [{G.n_latent}, {G.style_dim}]; were the codes made for this domain?"
+            )
+        return w_plus.to(device)
+    if load_domain_config(args.domain).extra.get("sampler") == "render":
+        from ..toy.train import FS3_CODES, encoded_renders
+
+        encoder, latent_avg = models.load_encoder(args.domain, device, args.weights_dir)
+        return encoded_renders(encoder, latent_avg, FS3_CODES, args.seed, device)
+    return None

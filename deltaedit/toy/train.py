@@ -100,6 +100,7 @@ def _lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 RENDER_CHUNK = 2000
+FS3_CODES = 1024  # encoded renders that fs3's samples and channel statistics come from
 
 
 def _render_chunk(args):
@@ -455,8 +456,8 @@ def train_toy(
     if not skip("relevance") and not done("fs3.npy"):
         from ..relevance import compute_fs3
 
-        with torch.no_grad():  # the toy generator has no z prior: perturb encoded renders
-            w = encoder(images_to_tensor(images[:1024]).to(device)) + latent_avg[None]
+        # The toy generator has no z prior: perturb encoded renders (as `relevance --domain toy`).
+        w = encoded_renders(encoder, latent_avg, min(FS3_CODES, len(images)), seed, device)
         fs3 = compute_fs3(
             G, clip, n_samples=budget.fs3_samples, batch_size=64, seed=seed, progress=progress, codes=w
         )
@@ -556,6 +557,24 @@ def _run_side_by_side(stages, images, attrs, budget, seed, out_dir, progress) ->
                 for stage in stages
             ]
             return [f.result() for f in futures]
+
+
+def rendered_batches(n: int, seed: int, batch_size: int = 256):
+    """Tensors [b, 3, 64, 64] in [-1, 1] of `render_dataset(n, seed)`, batch by batch.
+
+    The toy generator is trained as a decoder, so it has no z prior to sample from: its codes
+    (for `make-codes`, `relevance`) come from encoding renders, as photos are for FFHQ.
+    """
+    images, _ = render_dataset(n, seed)
+    for start in range(0, n, batch_size):
+        yield images_to_tensor(images[start : start + batch_size])
+
+
+@torch.no_grad()
+def encoded_renders(encoder, latent_avg, n: int, seed: int, device="cpu", batch_size: int = 256) -> torch.Tensor:
+    """W+ [n, L, D] of `n` encoded renders (seeded): the toy generator's stand-in for sampled codes."""
+    parts = [encoder(x.to(device)) + latent_avg.to(device)[None] for x in rendered_batches(n, seed, batch_size)]
+    return torch.cat(parts)
 
 
 def _style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:
