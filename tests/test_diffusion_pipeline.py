@@ -166,3 +166,54 @@ def test_psnr():
     assert psnr(a, a).min() > 100
     with pytest.raises(InputError):
         psnr(a, b[:1])
+
+
+# ---- the traced CPU fast path -------------------------------------------------------------------
+
+
+def test_traced_unet_matches_eager_and_traces_each_shape_once(data):
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16)
+    eager = DiffusionBackbone(unet, MILD, traced=False)
+    traced = DiffusionBackbone(unet, MILD, traced=True)
+    assert eager.denoiser is unet and traced.denoiser is not unet
+    x0, s, ds = data
+    a = eager.edit(x0, s, ds, steps=8)
+    b = traced.edit(x0, s, ds, steps=8)
+    torch.testing.assert_close(b.edits, a.edits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.reconstruction, a.reconstruction, atol=1e-5, rtol=0)
+    graphs = traced.denoiser._graphs
+    # inversion runs at batch 1, decoding at 1 + 3 targets; every call after the first reuses a graph
+    assert sorted(k[0][0] for k in graphs) == [1, 4] and all(g is not None for g in graphs.values())
+    # The traced graph is conditioned like the module: another s, another output.
+    x = torch.randn(1, 3, 16, 16)
+    t = torch.tensor(500)
+    assert not torch.allclose(traced.denoiser(x, t, s), traced.denoiser(x, t, s + 1))
+
+
+def test_traced_unet_defaults_to_cpu_float32_and_resets_on_to(backbone):
+    assert backbone.traced is None and backbone.denoiser is not backbone.unet  # CPU, float32
+    first = backbone.denoiser
+    backbone.to(dtype=torch.bfloat16)
+    assert backbone.denoiser is backbone.unet  # only float32 is traced by default
+    backbone.to(dtype=torch.float32)
+    assert backbone.denoiser is not first  # graphs held the old weights: rebuilt
+
+
+def test_tracing_failure_falls_back_to_the_eager_module(backbone, data, monkeypatch, caplog):
+    x0, s, ds = data
+    expected = DiffusionBackbone(backbone.unet, MILD, traced=False).edit(x0, s, ds, steps=4)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no tracing today")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with caplog.at_level("WARNING"):
+        out = backbone.edit(x0, s, ds, steps=4)
+    assert "no tracing today" in caplog.text
+    torch.testing.assert_close(out.edits, expected.edits)
+
+
+def test_traced_unet_keeps_the_module_input_errors(backbone):
+    with pytest.raises(InputError, match="style code"):
+        backbone.denoiser(torch.randn(1, 3, 16, 16), torch.tensor(3), torch.randn(1, S + 1))

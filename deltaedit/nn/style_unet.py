@@ -152,6 +152,10 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
             raise InputError(f"style code must be [B, {self.config.style_dim}], got {tuple(style.shape)}")
         if style.shape[0] != sample.shape[0]:
             raise InputError(f"batch mismatch: {sample.shape[0]} images but {style.shape[0]} style codes")
+        return self.denoise(sample, timestep, style)
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor) -> torch.Tensor:
+        """`forward` without its input checks: pure tensor code, so it can be traced (`TracedUNet`)."""
         p = self.config.patch_size
         x = F.pixel_unshuffle(sample, p) if p > 1 else sample
         out = self.unet(x, timestep, class_labels=self.embed_style(style)).sample

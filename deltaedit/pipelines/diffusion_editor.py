@@ -125,13 +125,15 @@ def benchmark_rows(device: str = "cpu") -> list[dict]:
     except Exception as exc:  # noqa: BLE001 - reported in the table, not fatal for the benchmark
         return [dict(name="DeltaEdit-D toy edit", ours=None, note=f"skipped: {exc}"[:100])]
     codes = editor.sample(seed=0)
-    editor.edit(codes=codes, targets=["face with smile"], steps=5)  # warm-up
-    t = time.perf_counter()
-    editor.edit(codes=codes, targets=["face with eyeglasses"], steps=50)
-    elapsed = time.perf_counter() - t
+    editor.edit(codes=codes, targets=["face with smile"], steps=5)  # warm-up (and tracing on a CPU)
+    elapsed = float("inf")
+    for _ in range(3):  # best of 3, as timeit: other load on the machine only ever adds time
+        t = time.perf_counter()
+        editor.edit(codes=codes, targets=["face with eyeglasses"], steps=50)
+        elapsed = min(elapsed, time.perf_counter() - t)
     rows.append(
         dict(
-            name=f"DeltaEdit-D toy edit, 64 px, 50+50 steps ({device})",
+            name=f"DeltaEdit-D toy edit, 64 px, 50+50 steps ({device}, best of 3)",
             ours=elapsed,
             target="<= 3 s" if device == "cpu" else "",
             ok=elapsed <= 3 if device == "cpu" else None,
