@@ -434,3 +434,19 @@ def test_shipped_diffusion_model_gives_the_input_back_at_zero_strength(shipped_d
 def test_shipped_diffusion_model_meets_the_eval_floors(shipped_diffusion_scores):
     scores = shipped_diffusion_scores
     assert scores["success"] >= D_FLOORS["success"] and scores["preservation"] >= D_FLOORS["preservation"]
+
+
+@pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
+def test_shipped_relevance_matrix_is_reproduced_by_our_code():
+    """fs3.npy comes from `relevance` (encoded renders, seed 0, 8 samples): recompute 12 rows."""
+    from deltaedit.relevance import compute_fs3, load_fs3
+    from deltaedit.toy.train import FS3_CODES, encoded_renders
+
+    G = models.load_generator("toy", "cpu")
+    encoder, latent_avg = models.load_encoder("toy", "cpu")
+    clip = models.load_clip("toy", "cpu")
+    shipped = load_fs3(ASSETS / "fs3.npy")
+    channels = [0, 1, 95, 96, 200, 311, 400, 470, 520, 560, 600, 631]
+    codes = encoded_renders(encoder, latent_avg, FS3_CODES, seed=0)
+    fs3 = compute_fs3(G, clip, n_samples=8, batch_size=64, seed=0, progress=False, codes=codes, channels=channels)
+    np.testing.assert_allclose(fs3.numpy()[channels], shipped[channels], atol=1e-4)
