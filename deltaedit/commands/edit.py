@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)"
     )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion backbone only)")
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default 0: off)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--out", type=Path, required=True, help="edited PNG (several targets: out, out_1, out_2, ...)"
@@ -72,6 +78,7 @@ def run(args) -> int:
         given = dict(latents=latents)
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
     kwargs = dict(targets=args.target, source=args.source, strength=args.strength, threshold=args.threshold)
+    kwargs["refine_steps"] = args.refine_steps
     if args.backbone == "diffusion":
         kwargs["steps"] = args.steps
     result = editor.edit(**given, **kwargs)

@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=0.03)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion)")
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default 0: off)",
+    )
     p.add_argument("--weights-dir", type=Path, default=None)
 
 
@@ -37,7 +43,7 @@ def run(args) -> int:
         raise InputError("--n must be at least 1")
     editor = load_editor(args.domain, backbone=args.backbone, weights_dir=args.weights_dir)
     classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir))
-    kwargs = dict(strength=args.strength, threshold=args.threshold)
+    kwargs = dict(strength=args.strength, threshold=args.threshold, refine_steps=args.refine_steps)
     if args.backbone == "diffusion":
         kwargs["steps"] = args.steps
     report = evaluate(editor, classifier, n=args.n, seed=args.seed, **kwargs)

@@ -72,6 +72,7 @@ class DiffusionEditor:
         threshold: float = 0.03,
         align: bool = True,
         steps: int = 50,
+        refine_steps: int = 0,
     ) -> EditResult:
         t0 = time.perf_counter()
         gan = self.gan
@@ -84,6 +85,8 @@ class DiffusionEditor:
         t = time.perf_counter()
         delta_t, notices = gan.text_deltas(targets, source_text)
         delta_s = gan.style_deltas(codes, delta_t, threshold)
+        # The same (optionally refined) Δs as DeltaEdit-G would apply.
+        delta_s = gan.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)
         timings["mapper"] = time.perf_counter() - t
         t = time.perf_counter()
         x0 = self._input_image(codes)

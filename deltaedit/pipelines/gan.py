@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STRENGTH_RANGE = (-10.0, 10.0)
 THRESHOLD_RANGE = (0.0, 1.0)
+REFINE_STEPS_RANGE = (0, 200)
 MAX_TARGETS = 16
 
 
@@ -284,6 +285,22 @@ class GanEditor:
         source_text = (source or "").strip() or self.config.neutral_text
         return targets, source_text, strength, threshold
 
+    def refined_style_deltas(
+        self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
+    ) -> torch.Tensor:
+        """Δs after `steps` of CLIP-guided refinement (`deltaedit.refine`; 0: the mapper's Δs)."""
+        value = check_number("refine_steps", steps, REFINE_STEPS_RANGE)
+        if value != int(value):
+            raise InputError(f"refine_steps must be a whole number, got {steps!r}")
+        steps = int(value)
+        if steps == 0:
+            return delta_s
+        from ..refine import refine_style_deltas
+
+        return refine_style_deltas(
+            self.generator, self.clip, self.layout, codes.s, codes.w_plus, delta_s, delta_t, strength, steps
+        )
+
     @torch.no_grad()
     def edit(
         self,
@@ -296,7 +313,10 @@ class GanEditor:
         strength: float = 1.0,
         threshold: float = 0.03,
         align: bool = True,
+        refine_steps: int = 0,
     ) -> EditResult:
+        """`refine_steps` > 0 refines the mapper's Δs through the generator and CLIP (not in the
+        paper; see `deltaedit.refine`)."""
         t0 = time.perf_counter()
         targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
         codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
@@ -308,8 +328,12 @@ class GanEditor:
 
         t = time.perf_counter()
         delta_s = self.style_deltas(codes, delta_t, threshold)
-        s_edit = codes.s + strength * delta_s
         timings["mapper"] = time.perf_counter() - t
+        if refine_steps:
+            t = time.perf_counter()
+            delta_s = self.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)
+            timings["refine"] = time.perf_counter() - t
+        s_edit = codes.s + strength * delta_s
 
         t = time.perf_counter()
         # The source is rendered at most once per input; here only when it is still missing.
