@@ -448,5 +448,7 @@ def test_shipped_relevance_matrix_is_reproduced_by_our_code():
     shipped = load_fs3(ASSETS / "fs3.npy")
     channels = [0, 1, 95, 96, 200, 311, 400, 470, 520, 560, 600, 631]
     codes = encoded_renders(encoder, latent_avg, FS3_CODES, seed=0)
-    fs3 = compute_fs3(G, clip, n_samples=8, batch_size=64, seed=0, progress=False, codes=codes, channels=channels)
+    fs3 = compute_fs3(
+        G, clip, n_samples=8, batch_size=64, seed=0, progress=False, codes=codes, channels=channels
+    )
     np.testing.assert_allclose(fs3.numpy()[channels], shipped[channels], atol=1e-4)

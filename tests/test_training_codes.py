@@ -285,5 +285,7 @@ def test_cli_make_codes_toy_encodes_renders(tmp_path):
     with torch.no_grad():
         expected = encoder(images_to_tensor(images)) + latent_avg[None]
     np.testing.assert_allclose(wplus, expected.numpy(), rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(s, layout_from_generator(G).join(w_plus_to_s(G, expected)).numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        s, layout_from_generator(G).join(w_plus_to_s(G, expected)).numpy(), rtol=1e-5, atol=1e-3
+    )
     assert c.shape == (6, load_domain_config("toy").clip.embed_dim)

@@ -11,7 +11,9 @@ HELP = "compute the relevance matrix fs3 [S, D] of a domain's generator (StyleCL
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", default="ffhq", help="domain id: ffhq or toy (default: ffhq)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="folder with the generator and CLIP weights")
+    p.add_argument(
+        "--weights-dir", type=Path, default=None, help="folder with the generator and CLIP weights"
+    )
     p.add_argument("--out", type=Path, required=True, help="output .npy")
     p.add_argument("--n-samples", type=int, default=100, help="codes averaged per channel (StyleCLIP: 100)")
     p.add_argument("--batch-size", type=int, default=32, help="images decoded per batch (default 32)")

@@ -154,7 +154,9 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
             raise InputError(f"batch mismatch: {sample.shape[0]} images but {style.shape[0]} style codes")
         return self.denoise(sample, timestep, style)
 
-    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor) -> torch.Tensor:
+    def denoise(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor
+    ) -> torch.Tensor:
         """`forward` without its input checks: pure tensor code, so it can be traced (`TracedUNet`)."""
         p = self.config.patch_size
         x = F.pixel_unshuffle(sample, p) if p > 1 else sample

@@ -571,9 +571,13 @@ def rendered_batches(n: int, seed: int, batch_size: int = 256):
 
 
 @torch.no_grad()
-def encoded_renders(encoder, latent_avg, n: int, seed: int, device="cpu", batch_size: int = 256) -> torch.Tensor:
+def encoded_renders(
+    encoder, latent_avg, n: int, seed: int, device="cpu", batch_size: int = 256
+) -> torch.Tensor:
     """W+ [n, L, D] of `n` encoded renders (seeded): the toy generator's stand-in for sampled codes."""
-    parts = [encoder(x.to(device)) + latent_avg.to(device)[None] for x in rendered_batches(n, seed, batch_size)]
+    parts = [
+        encoder(x.to(device)) + latent_avg.to(device)[None] for x in rendered_batches(n, seed, batch_size)
+    ]
     return torch.cat(parts)
 
 
