@@ -17,7 +17,7 @@ from .. import weights
 from ..config import load_domain_config
 from ..errors import InputError
 from .diffusion import DiffusionBackbone
-from .gan import EditResult, GanEditor, SourceCodes, check_number, make_result
+from .gan import EditResult, GanEditor, SourceCodes, check_number, check_refine_steps, make_result
 
 STEPS_RANGE = (1, 1000)
 
@@ -78,6 +78,7 @@ class DiffusionEditor:
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(targets, source, strength, threshold)
         steps = int(check_number("steps", steps, STEPS_RANGE))
+        refine_steps = check_refine_steps(refine_steps)
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)

@@ -87,6 +87,13 @@ def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
     return value
 
 
+def check_refine_steps(steps) -> int:
+    value = check_number("refine_steps", steps, REFINE_STEPS_RANGE)
+    if value != int(value):
+        raise InputError(f"refine_steps must be a whole number, got {steps!r}")
+    return int(value)
+
+
 def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
     """One or several target phrases (a string may hold one per line)."""
     if targets is None:
@@ -289,10 +296,7 @@ class GanEditor:
         self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
     ) -> torch.Tensor:
         """Δs after `steps` of CLIP-guided refinement (`deltaedit.refine`; 0: the mapper's Δs)."""
-        value = check_number("refine_steps", steps, REFINE_STEPS_RANGE)
-        if value != int(value):
-            raise InputError(f"refine_steps must be a whole number, got {steps!r}")
-        steps = int(value)
+        steps = check_refine_steps(steps)
         if steps == 0:
             return delta_s
         from ..refine import refine_style_deltas
@@ -319,6 +323,7 @@ class GanEditor:
         paper; see `deltaedit.refine`)."""
         t0 = time.perf_counter()
         targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
+        refine_steps = check_refine_steps(refine_steps)  # before any model work
         codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
         timings = {"encode": time.perf_counter() - t0}
 
