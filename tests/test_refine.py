@@ -97,3 +97,10 @@ def test_cli_edit_refine_steps(tmp_path):
     assert plain.shape == refined.shape and not np.array_equal(plain, refined)
     assert cli.main(common + ["--out", str(tmp_path / "x.png"), "--refine-steps", "-3"]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [("steps", 2.5), ("steps", 0), ("refine_steps", 1.5)])
+def test_diffusion_edit_step_counts_must_be_whole_numbers(faces, name, value):
+    diffusion = load_editor("toy", backbone="diffusion")
+    with pytest.raises(InputError, match=name):
+        diffusion.edit(codes=faces[0], targets=TARGETS[:1], **{name: value})

@@ -17,7 +17,7 @@ from .. import weights
 from ..config import load_domain_config
 from ..errors import InputError
 from .diffusion import DiffusionBackbone
-from .gan import EditResult, GanEditor, SourceCodes, check_number, check_refine_steps, make_result
+from .gan import EditResult, GanEditor, SourceCodes, check_refine_steps, check_whole_number, make_result
 
 STEPS_RANGE = (1, 1000)
 
@@ -77,7 +77,7 @@ class DiffusionEditor:
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(targets, source, strength, threshold)
-        steps = int(check_number("steps", steps, STEPS_RANGE))
+        steps = check_whole_number("steps", steps, STEPS_RANGE)
         refine_steps = check_refine_steps(refine_steps)
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:

@@ -87,11 +87,15 @@ def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
     return value
 
 
+def check_whole_number(name: str, value, bounds: tuple[int, int]) -> int:
+    number = check_number(name, value, bounds)
+    if number != int(number):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
 def check_refine_steps(steps) -> int:
-    value = check_number("refine_steps", steps, REFINE_STEPS_RANGE)
-    if value != int(value):
-        raise InputError(f"refine_steps must be a whole number, got {steps!r}")
-    return int(value)
+    return check_whole_number("refine_steps", steps, REFINE_STEPS_RANGE)
 
 
 def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
