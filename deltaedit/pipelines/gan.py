@@ -35,6 +35,7 @@ from ..config import DomainConfig, load_domain_config
 from ..errors import InputError
 from ..imageio import load_image, tensor_to_pil, to_tensor
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
+from ..refine import refine_style_deltas
 from ..relevance import select_channels
 
 log = logging.getLogger(__name__)
@@ -299,12 +300,8 @@ class GanEditor:
     def refined_style_deltas(
         self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
     ) -> torch.Tensor:
-        """Δs after `steps` of CLIP-guided refinement (`deltaedit.refine`; 0: the mapper's Δs)."""
-        steps = check_refine_steps(steps)
-        if steps == 0:
-            return delta_s
-        from ..refine import refine_style_deltas
-
+        """Δs after `steps` (checked by the caller) of CLIP-guided refinement (`deltaedit.refine`;
+        0: the mapper's Δs)."""
         return refine_style_deltas(
             self.generator, self.clip, self.layout, codes.s, codes.w_plus, delta_s, delta_t, strength, steps
         )

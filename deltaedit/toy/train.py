@@ -575,10 +575,11 @@ def encoded_renders(
     encoder, latent_avg, n: int, seed: int, device="cpu", batch_size: int = 256
 ) -> torch.Tensor:
     """W+ [n, L, D] of `n` encoded renders (seeded): the toy generator's stand-in for sampled codes."""
-    parts = [
-        encoder(x.to(device)) + latent_avg.to(device)[None] for x in rendered_batches(n, seed, batch_size)
-    ]
-    return torch.cat(parts)
+    from ..nn.e4e import encode
+
+    return torch.cat(
+        [encode(encoder, latent_avg, x.to(device)) for x in rendered_batches(n, seed, batch_size)]
+    )
 
 
 def _style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:
