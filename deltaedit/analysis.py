@@ -14,14 +14,13 @@ Only NumPy here for the numbers; scikit-learn and matplotlib are imported when a
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .fileio import atomic_write, write_json
 
 MIN_PAIRS = 6  # fewer pairs make top-5 retrieval and t-SNE meaningless
 TOP_K = (1, 5)
@@ -198,20 +197,6 @@ def format_table(report: dict) -> str:
 # ---------------------------------------------------------------- pictures and files
 
 
-def _atomic_target(path: Path):
-    """A temp file next to `path` (same filesystem, so os.replace is atomic), with the same suffix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_tsne(
     image,
     text,
@@ -264,13 +249,8 @@ def plot_tsne(
     fig.tight_layout()
 
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path
 
 
@@ -302,24 +282,15 @@ def write_report(
             written[f"{kind}_tsne"] = plot_tsne(
                 *pair, out / f"{kind}_tsne.png", _title(report, kind), max_points, seed, tsne_iter
             )
-    path = out / "report.json"
-    tmp = _atomic_target(path)
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    _replace(tmp, path)
-    written["report"] = path
+    written["report"] = write_json(out / "report.json", report)
     return written
 
 
 def save_features(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Save computed features as `.npy` atomically, so a later analysis can skip the model."""
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_write(path) as tmp:
         np.save(tmp, np.asarray(array, dtype=np.float32))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .config import CONFIG_DIR, DomainConfig
 from .errors import InputError, WeightsError
+from .fileio import atomic_write
 from .templates import TEMPLATES, format_prompts
 
 log = logging.getLogger(__name__)
@@ -303,4 +304,5 @@ def save_clip_weights(model: torch.nn.Module, path: Path) -> None:
     """Save a CLIP state dict as safetensors (contiguous copies; buffers like attn_mask excluded)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))

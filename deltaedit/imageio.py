@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from .errors import InputError
+from .fileio import atomic_write
 
 # 50 megapixels: every phone camera photo fits; a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -182,17 +182,10 @@ def save_png(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> Path
     """Write `image` as a PNG at `path` atomically (temp file in the same folder + os.replace)."""
     path = Path(path)
     pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pil.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        pil.save(fh, format="PNG")
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from .api import load_editor
 from .config import list_domains, load_domain_config
 from .errors import DeltaEditError, InputError, WeightsError
+from .fileio import atomic_write
 from .imageio import tensor_to_pil
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ class OutputStore:
         self.prune()
         safe = "".join(c if c.isalnum() else "_" for c in stem)[:40].strip("_") or "edit"
         path = self.path / f"{safe}-{uuid.uuid4().hex[:8]}.png"
-        image.save(path, format="PNG")
+        with atomic_write(path) as tmp:
+            image.save(tmp, format="PNG")
         return path
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, WeightsError
+from .fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def file_sha256(path: Path) -> str:
             digest.update(chunk)
     value = digest.hexdigest()
     try:
-        sidecar.write_text(json.dumps({**stamp, "sha256": value}))
+        write_json(sidecar, {**stamp, "sha256": value})
     except OSError:  # read-only folder: just recompute next time
         pass
     return value

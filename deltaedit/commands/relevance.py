@@ -43,6 +43,7 @@ def run(args) -> int:
 
     from .. import models
     from ..errors import InputError
+    from ..fileio import atomic_write
     from ..relevance import compute_fs3
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,10 +72,8 @@ def run(args) -> int:
     )
     if args.estimate:
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp.npy")
-    np.save(tmp, fs3.numpy().astype(np.float32))
-    tmp.replace(args.out)
+    with atomic_write(args.out) as tmp:
+        np.save(tmp, fs3.numpy().astype(np.float32))
     print(f"wrote {args.out} {tuple(fs3.shape)}")
     return 0
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from ..errors import InputError, WeightsError
+from ..fileio import atomic_write, write_json
 from .attributes import ATTRIBUTES, FaceAttributes
 from .render import render_batch
 
@@ -171,11 +172,11 @@ def evaluate_accuracy(
 def save_classifier(model: ToyAttributeClassifier, path: str | Path) -> Path:
     """Write `path` (.safetensors, config in its metadata) and the sidecar `path.with_suffix('.json')`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = json.dumps(model.config())
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"config": config, "format": "deltaedit-toy-classifier"})
-    path.with_suffix(".json").write_text(json.dumps(model.config(), indent=2) + "\n")
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={"config": config, "format": "deltaedit-toy-classifier"})
+    write_json(path.with_suffix(".json"), model.config())
     return path
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
+from ..fileio import atomic_write
 from .attributes import FaceAttributes
 
 HAIR_RGB = {"black": (28, 24, 24), "blond": (238, 206, 106), "red": (196, 58, 28), "brown": (104, 62, 34)}
@@ -213,5 +214,6 @@ def save_contact_sheet(path: str | Path, n: int = 16, seed: int = 0, size: int =
     """Write a PNG grid of `n` random renders (for eyeballing the renderer)."""
     images, _ = render_batch(n, seed, size=size)
     path = Path(path)
-    contact_sheet(images).save(path)
+    with atomic_write(path) as tmp:
+        contact_sheet(images).save(tmp)
     return path

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import load_domain_config
+from ..fileio import atomic_dir, atomic_write, write_json
 from .render import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -343,9 +344,8 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, half: bool = F
     state = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp))
 
 
 STAGES = ("clip", "autoencoder", "mapper", "relevance", "classifier", "diffusion")
@@ -462,9 +462,8 @@ def train_toy(
             G, clip, n_samples=budget.fs3_samples, batch_size=64, seed=seed, progress=progress, codes=w
         )
         fs3 = fs3.cpu().numpy() if torch.is_tensor(fs3) else np.asarray(fs3)
-        tmp = out_dir / "fs3.tmp.npy"
-        np.save(tmp, fs3.astype(np.float32))
-        tmp.replace(out_dir / "fs3.npy")
+        with atomic_write(out_dir / "fs3.npy") as tmp:
+            np.save(tmp, fs3.astype(np.float32))
         summary["timings"]["relevance"] = time.perf_counter() - t  # stages that ran only
 
     t = time.perf_counter()
@@ -593,11 +592,8 @@ def _copy_diffusion_weights(run_dir: Path, target: Path) -> None:
     """Keep only what `DiffusionBackbone.from_pretrained` reads (no optimizer state, no samples)."""
     from ..pipelines.diffusion import DiffusionBackbone
 
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    DiffusionBackbone.from_pretrained(run_dir).save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
+    with atomic_dir(target) as tmp:
+        DiffusionBackbone.from_pretrained(run_dir).save_pretrained(tmp)
 
 
 def _finish(summary: dict, out_dir: Path, t0: float) -> dict:
@@ -611,7 +607,7 @@ def _finish(summary: dict, out_dir: Path, t0: float) -> dict:
     previous = json.loads(log_path.read_text()) if log_path.exists() else {}
     previous.update({k: v for k, v in summary.items() if k != "timings"})
     previous.setdefault("timings", {}).update(summary["timings"])
-    log_path.write_text(json.dumps(previous, indent=2))
+    write_json(log_path, previous)
     return summary
 
 

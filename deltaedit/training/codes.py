@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..fileio import atomic_write, write_json
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,8 @@ def shard_path(out_dir: Path, kind: str, index: int) -> Path:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        np.save(tmp, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
 
 
 def _shard_rows(path: Path) -> int | None:
@@ -216,7 +209,7 @@ def make_codes(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(meta_path, meta)
-        _write_json_atomic(meta_path, meta)
+        write_json(meta_path, meta)
     if accelerator is not None:
         accelerator.wait_for_everyone()
 
@@ -299,7 +292,7 @@ def make_codes(
             clip_dim=int(np.load(first, mmap_mode="r", allow_pickle=False).shape[1]) if counts else None,
             complete=True,
         )
-        _write_json_atomic(meta_path, meta)
+        write_json(meta_path, meta)
         log.info("wrote %d codes in %d shards to %s", meta["n"], len(counts), out)
     return out
 

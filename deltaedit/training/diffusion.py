@@ -48,6 +48,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
+from ..fileio import atomic_dir, atomic_write
 from ..nn.style_unet import PRESETS, StyleConditionedUNet
 from ..pipelines.diffusion import DEFAULT_SCHEDULER_CONFIG, ddim_sample, make_scheduler
 
@@ -78,8 +79,10 @@ def write_shard(folder: str | Path, name: str, images, styles) -> Path:
         raise InputError(f"shard images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
         raise InputError(f"shard styles must be [{images.shape[0]}, S], got {styles.shape}")
-    np.save(folder / f"{name}{IMAGES_SUFFIX}", images)
-    np.save(folder / f"{name}{STYLES_SUFFIX}", styles)
+    # Styles last: a shard counts once its styles file exists, so it is never half there.
+    for suffix, array in ((IMAGES_SUFFIX, images), (STYLES_SUFFIX, styles)):
+        with atomic_write(folder / f"{name}{suffix}") as tmp:
+            np.save(tmp, array)
     return folder
 
 
@@ -170,22 +173,27 @@ def encode_image_folder(
     shard_size: int = 1000,
     progress: bool = True,
 ) -> Path:
-    """Encode every image of `folder` (resized to image_size) with `style_fn` into shards in out_dir."""
+    """Encode every image of `folder` (resized to image_size) with `style_fn` into shards in out_dir.
+
+    The shards appear in out_dir together when all are written: an interrupted run leaves none,
+    so the next run encodes again instead of training on part of the folder.
+    """
     from tqdm.auto import tqdm
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     out_dir = Path(out_dir)
-    for first in tqdm(range(0, len(paths), shard_size), desc="encoding shards", disable=not progress):
-        chunk = paths[first : first + shard_size]
-        images, styles = [], []
-        for i in range(0, len(chunk), batch_size):
-            batch = torch.stack([_load_image(p, image_size) for p in chunk[i : i + batch_size]])
-            with torch.no_grad():
-                styles.append(style_fn(batch).float().cpu())
-            images.append(to_uint8_hwc(batch))
-        write_shard(out_dir, f"shard_{first // shard_size:05d}", np.concatenate(images), torch.cat(styles))
+    with atomic_dir(out_dir) as tmp:
+        for first in tqdm(range(0, len(paths), shard_size), desc="encoding shards", disable=not progress):
+            chunk = paths[first : first + shard_size]
+            images, styles = [], []
+            for i in range(0, len(chunk), batch_size):
+                batch = torch.stack([_load_image(p, image_size) for p in chunk[i : i + batch_size]])
+                with torch.no_grad():
+                    styles.append(style_fn(batch).float().cpu())
+                images.append(to_uint8_hwc(batch))
+            write_shard(tmp, f"shard_{first // shard_size:05d}", np.concatenate(images), torch.cat(styles))
     return out_dir
 
 
@@ -370,22 +378,22 @@ def train_diffusion(
             )
         )
         unwrapped.train()
-        (out_dir / "samples").mkdir(exist_ok=True)
-        image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(
-            out_dir / "samples" / f"step_{step:06d}.png"
-        )
+        with atomic_write(out_dir / "samples" / f"step_{step:06d}.png") as tmp:
+            image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(tmp)
 
     def save_checkpoint():
         from safetensors.torch import save_file
 
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in unwrapped.state_dict().items()}, ckpt_dir / "model.safetensors"
-        )
-        torch.save(optimizer.state_dict(), ckpt_dir / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), ckpt_dir / "lr_scheduler.pt")
-        torch.save(ema.state_dict(), ckpt_dir / "ema.pt")
-        (ckpt_dir / "state.json").write_text(json.dumps({"step": step}))
+        # All five files replace the previous checkpoint together: an interrupted save leaves the
+        # previous one whole, never weights of one step beside an optimizer of another.
+        with atomic_dir(ckpt_dir) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in unwrapped.state_dict().items()}, tmp / "model.safetensors"
+            )
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+            torch.save(ema.state_dict(), tmp / "ema.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step}))
 
     bar = tqdm(total=steps, initial=min(step, steps), desc="train-diffusion", disable=not progress)
     model.train()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..fileio import atomic_write, write_json
 from ..nn.mapper import DeltaMapper
 from ..nn.stylespace import StyleLayout
 
@@ -171,9 +172,8 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _torch_save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_mapper_weights(mapper: DeltaMapper, path: str | os.PathLike) -> Path:
@@ -192,10 +192,9 @@ def save_mapper_weights(mapper: DeltaMapper, path: str | os.PathLike) -> Path:
             "resolutions": list(layout.resolutions),
             "clip_dim": mapper.clip_dim,
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp), metadata={"deltaedit": json.dumps(info)})
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        with atomic_write(path) as tmp:
+            save_file(state, str(tmp), metadata={"deltaedit": json.dumps(info)})
+        write_json(path.with_suffix(".json"), info)
     else:
         raise InputError(
             f"mapper weights must end in .pth (official format) or .safetensors, got {path.name}"

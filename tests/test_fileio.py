@@ -1,0 +1,78 @@
+"""Atomic writes: an interrupted write leaves the old file or folder whole and no stray temp files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deltaedit.fileio import atomic_dir, atomic_write, write_json
+from deltaedit.training import diffusion as diffusion_training
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_atomic_write_replaces_the_file_only_when_the_write_finishes(tmp_path):
+    path = tmp_path / "sub" / "weights.npy"
+    with atomic_write(path) as tmp:
+        assert tmp.parent == path.parent and tmp.suffix == ".npy" and tmp != path
+        tmp.write_bytes(b"first")
+    assert path.read_bytes() == b"first"
+
+    with pytest.raises(Interrupted), atomic_write(path) as tmp:
+        tmp.write_bytes(b"half of the sec")
+        raise Interrupted
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["weights.npy"]
+
+
+def test_write_json_round_trips(tmp_path):
+    path = write_json(tmp_path / "meta.json", {"n": 3})
+    assert json.loads(path.read_text()) == {"n": 3}
+
+
+def test_atomic_dir_swaps_whole_folders(tmp_path):
+    target = tmp_path / "checkpoint"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+        (tmp / "b.txt").write_text("1")
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("2")  # the new folder has no b.txt: nothing of the old one stays
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert (target / "a.txt").read_text() == "2"
+
+    with pytest.raises(Interrupted), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("3")
+        raise Interrupted
+    assert (target / "a.txt").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_an_interrupted_diffusion_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    pairs = (torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 16, generator=g))
+    fast = dict(batch_size=4, seed=0, progress=False, sample_every=0, lr=1e-3)
+    out = diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, checkpoint_every=1, **fast)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
+
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if str(f).endswith("ema.pt"):  # the model and optimizer of step 2 are already written
+            raise Interrupted
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion_training.torch, "save", failing_save)
+    with pytest.raises(Interrupted):
+        diffusion_training.train_diffusion(
+            pairs, "tiny", tmp_path, steps=2, checkpoint_every=1, resume="latest", **fast
+        )
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
+    assert after == before  # step 1's files, all of them, untouched
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")]
+    diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=2, resume="latest", **fast)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
