@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +26,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _sibling(path, path.stem, path.suffix)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -58,15 +56,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-new-", dir=path.parent))
+    tmp = _sibling(path, f"{path.name}-new", "")
+    tmp.mkdir()
     try:
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-            os.replace(path, old / path.name)
+            old = _sibling(path, f"{path.name}-old", "")
+            os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sibling(path: Path, stem: str, suffix: str) -> Path:
+    """An unused hidden name in `path`'s folder (same filesystem, so os.replace is atomic).
+
+    Not tempfile.mkstemp/mkdtemp: those create 0600/0700 entries, and the renamed result must
+    get the permissions a plain write would give it (weights folders are shared, Spaces serve
+    the PNGs).
+    """
+    return path.with_name(f".{stem}-{uuid.uuid4().hex[:12]}{suffix}")

@@ -29,6 +29,16 @@ def test_atomic_write_replaces_the_file_only_when_the_write_finishes(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["weights.npy"]
 
 
+def test_written_files_and_folders_get_the_permissions_of_a_plain_write(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "plain").mkdir()
+    write_json(tmp_path / "atomic.json", {})
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert (tmp_path / "atomic.json").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+    assert (tmp_path / "folder").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 def test_write_json_round_trips(tmp_path):
     path = write_json(tmp_path / "meta.json", {"n": 3})
     assert json.loads(path.read_text()) == {"n": 3}
