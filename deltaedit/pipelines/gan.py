@@ -34,6 +34,7 @@ from .. import models
 from ..config import DomainConfig, load_domain_config
 from ..errors import InputError
 from ..imageio import load_image, tensor_to_pil, to_tensor
+from ..nn.e4e import encode
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 from ..refine import refine_style_deltas
 from ..relevance import select_channels
@@ -229,7 +230,7 @@ class GanEditor:
                 face, notices = self.aligner.align(pil)
             encoder, latent_avg = self.encoder
             x = to_tensor(face, self.config.encoder.input_size).to(self.device)
-            w = encoder(x) + latent_avg[None]
+            w = encode(encoder, latent_avg, x)
             s = self.layout.join(w_plus_to_s(self.generator, w))
             feature = self.clip.image_features(x, image_size=self.config.encoder.input_size)
             return SourceCodes(w, s, feature, None, x, list(notices))

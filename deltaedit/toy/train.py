@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..config import load_domain_config
 from ..fileio import atomic_dir, atomic_write, write_json
+from ..nn.e4e import encode
 from .render import images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ def train_autoencoder(
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
         x = images_to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
-        w = encoder(x) + latent_avg[None]
+        w = encode(encoder, latent_avg, x)
         x_hat = G.synthesis(w)
         loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
         if edge_weight:
@@ -314,7 +315,7 @@ def normalise_style_scale(G, encoder, latent_avg, images: torch.Tensor) -> list[
     an autoencoder with no prior on W+ drifts to styles in the tens, and the Delta Mapper (built
     for FFHQ's styles of order 1) and its MSE loss then learn badly. Returns the scales removed.
     """
-    w = encoder(images) + latent_avg[None]
+    w = encode(encoder, latent_avg, images)
     scales = []
     for i, conv in enumerate(G.styled_convs()):
         modulation = conv.conv.modulation
@@ -574,8 +575,6 @@ def encoded_renders(
     encoder, latent_avg, n: int, seed: int, device="cpu", batch_size: int = 256
 ) -> torch.Tensor:
     """W+ [n, L, D] of `n` encoded renders (seeded): the toy generator's stand-in for sampled codes."""
-    from ..nn.e4e import encode
-
     return torch.cat(
         [encode(encoder, latent_avg, x.to(device)) for x in rendered_batches(n, seed, batch_size)]
     )
@@ -584,7 +583,7 @@ def encoded_renders(
 def _style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:
     from ..nn.stylespace import layout_from_generator, w_plus_to_s
 
-    w = encoder(x) + latent_avg[None]
+    w = encode(encoder, latent_avg, x)
     return layout_from_generator(G).join(w_plus_to_s(G, w))
 
 
