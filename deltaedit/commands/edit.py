@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_edit_options, edit_options
+
 NAME = "edit"
 HELP = "edit a photo or W+ latents with a target text"
 
@@ -30,17 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--target", required=True, action="append", help="target text; repeat for several edits")
     p.add_argument("--source", default=None, help="source text (default: the domain's neutral text)")
-    p.add_argument("--strength", type=float, default=1.0, help="alpha in s + alpha*delta_s (default 1.0)")
-    p.add_argument(
-        "--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)"
-    )
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion backbone only)")
-    p.add_argument(
-        "--refine-steps",
-        type=int,
-        default=0,
-        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default 0: off)",
-    )
+    add_edit_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--out", type=Path, required=True, help="edited PNG (several targets: out, out_1, out_2, ...)"
@@ -77,11 +69,7 @@ def run(args) -> int:
         latents = load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim, index=args.index)
         given = dict(latents=latents)
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
-    kwargs = dict(targets=args.target, source=args.source, strength=args.strength, threshold=args.threshold)
-    kwargs["refine_steps"] = args.refine_steps
-    if args.backbone == "diffusion":
-        kwargs["steps"] = args.steps
-    result = editor.edit(**given, **kwargs)
+    result = editor.edit(**given, targets=args.target, source=args.source, **edit_options(args))
     for notice in result.notices:
         print(f"notice: {notice}", file=sys.stderr)
     for path, image in zip(_out_paths(args.out, len(result.edited_images)), result.edited_images):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_edit_options, edit_options
+
 NAME = "eval"
 HELP = "edit N random toy faces with the standard prompts and report success and preservation"
 
@@ -16,15 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=1000, help="seed of the faces (default 1000, unseen in training)"
     )
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--threshold", type=float, default=0.03)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion)")
-    p.add_argument(
-        "--refine-steps",
-        type=int,
-        default=0,
-        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default 0: off)",
-    )
+    add_edit_options(p)
     p.add_argument("--weights-dir", type=Path, default=None)
 
 
@@ -43,9 +37,6 @@ def run(args) -> int:
         raise InputError("--n must be at least 1")
     editor = load_editor(args.domain, backbone=args.backbone, weights_dir=args.weights_dir)
     classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir))
-    kwargs = dict(strength=args.strength, threshold=args.threshold, refine_steps=args.refine_steps)
-    if args.backbone == "diffusion":
-        kwargs["steps"] = args.steps
-    report = evaluate(editor, classifier, n=args.n, seed=args.seed, **kwargs)
+    report = evaluate(editor, classifier, n=args.n, seed=args.seed, **edit_options(args))
     print(report.table())
     return 0
