@@ -34,12 +34,16 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from .config import CONFIG_DIR, DomainConfig
+from .config import DomainConfig
 from .errors import InputError, WeightsError
 from .fileio import atomic_write
 from .templates import TEMPLATES, format_prompts
 
 log = logging.getLogger(__name__)
+
+# open_clip architecture JSONs ship in the package. Not config.CONFIG_DIR: that one is the domains'
+# folder (tests point it elsewhere), and importing its value would freeze whatever it was then.
+ARCHITECTURES_DIR = Path(__file__).with_name("configs")
 
 DELTA_EPS = 1e-5  # the authors' clamp on |Δt| before normalising it
 
@@ -221,7 +225,7 @@ class DomainClip:
 def clip_model_config(name_or_json: str | Path) -> dict:
     """An open_clip model config: a JSON path, a file name in deltaedit/configs/, or a built-in name."""
     path = Path(name_or_json)
-    for candidate in (path, CONFIG_DIR / path.name):
+    for candidate in (path, ARCHITECTURES_DIR / path.name):
         if candidate.suffix == ".json" and candidate.is_file():
             return json.loads(candidate.read_text())
     cfg = open_clip.get_model_config(str(name_or_json))
@@ -248,7 +252,7 @@ def build_tokenizer(name_or_json: str | Path):
 
 def _architecture(config: DomainConfig) -> str | Path:
     return (
-        CONFIG_DIR / config.clip.model_config_file
+        ARCHITECTURES_DIR / config.clip.model_config_file
         if config.clip.model_config_file
         else config.clip.model_name
     )

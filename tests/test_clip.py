@@ -216,3 +216,20 @@ def test_cuda_matches_cpu(toy_clip):
     torch.testing.assert_close(feats.cpu(), toy_clip.image_features(images), atol=1e-3, rtol=0)
     cond = cuda.condition(feats, cuda.text_delta("face with smile"))
     assert cond.is_cuda and torch.isfinite(cond).all()
+
+
+def test_architecture_files_resolve_from_the_package_whatever_the_domains_folder(tmp_path):
+    # deltaedit.clip once copied config.CONFIG_DIR at import: imported while a test had pointed it
+    # at a temporary folder, it looked for clip_toy.json there for the rest of the session.
+    import subprocess
+    import sys
+
+    code = (
+        "import pathlib, sys; from deltaedit import config; "
+        f"config.CONFIG_DIR = pathlib.Path({str(tmp_path)!r}); "
+        "from deltaedit.clip import clip_model_config; "
+        "config.CONFIG_DIR = pathlib.Path(config.__file__).with_name('configs'); "
+        "sys.exit(0 if clip_model_config('clip_toy.json')['embed_dim'] > 0 else 1)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
