@@ -79,7 +79,8 @@ def write_shard(folder: str | Path, name: str, images, styles) -> Path:
         raise InputError(f"shard images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
         raise InputError(f"shard styles must be [{images.shape[0]}, S], got {styles.shape}")
-    # Styles last: a shard counts once its styles file exists, so it is never half there.
+    # Each file appears whole. A shard cut off between the two has images and no styles, which
+    # ShardDataset reports by name (encode_image_folder also swaps its whole folder in at once).
     for suffix, array in ((IMAGES_SUFFIX, images), (STYLES_SUFFIX, styles)):
         with atomic_write(folder / f"{name}{suffix}") as tmp:
             np.save(tmp, array)
