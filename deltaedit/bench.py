@@ -98,13 +98,15 @@ def bench_text(clip, phrase: str = "face with a sparkling smile", repeat: int = 
 
     fast_t = _time(fast, repeat)
     diff = float((fast_vec.float().cpu() - naive_vec.float().cpu()).abs().max())
+    # The speed-up is a CPU target (the tower's compute); on a GPU only the result must agree.
+    on_cpu = clip.device.type == "cpu"
     return [
         Row(
             "embed a new phrase (79 templates)",
             fast_t,
             naive,
-            target=">= 3x faster, max diff <= 1e-5",
-            ok=naive / fast_t >= 3 and diff <= 1e-5,
+            target=">= 3x faster, max diff <= 1e-5" if on_cpu else "max diff <= 1e-5",
+            ok=(naive / fast_t >= 3 or not on_cpu) and diff <= 1e-5,
             note=f"speed-up {naive / fast_t:.1f}x, max diff {diff:.1e}",
         ),
     ]
@@ -135,13 +137,14 @@ def bench_gan_edit(editor, device: str = "cpu", repeat: int = 1) -> list[Row]:
 
     ours()  # warm-up
     t_ours, t_naive = _time(ours, repeat, sync), _time(naive, repeat, sync)
+    on_cpu = not device.startswith("cuda")  # the 45% is a CPU target; the GPU has its own below
     rows = [
         Row(
             f"one edit, new target, {editor.generator.size} px ({device})",
             t_ours,
             t_naive,
-            target="<= 45% of naive",
-            ok=t_ours <= 0.45 * t_naive,
+            target="<= 45% of naive" if on_cpu else "",
+            ok=t_ours <= 0.45 * t_naive if on_cpu else None,
             note=f"{100 * t_ours / t_naive:.0f}% of naive",
         )
     ]

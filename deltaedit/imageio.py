@@ -171,11 +171,18 @@ def tensor_to_pil(x: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"expected an image tensor [3, H, W]; got shape {tuple(x.shape)}")
+    return tensors_to_pils(x[None], value_range)[0]
+
+
+def tensors_to_pils(batch: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> list[Image.Image]:
+    """[B, 3, H, W] -> B PIL images, rounded like `tensor_to_pil`. The rounding to bytes happens on
+    the tensor's device: from a GPU, one copy of uint8 pixels instead of four times as many floats."""
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"expected an image batch [B, 3, H, W]; got shape {tuple(batch.shape)}")
     low, high = value_range
-    x = x.detach().to("cpu", torch.float32).clamp(low, high)
-    x = (x - low) / max(high - low, 1e-5)
-    pixels = x.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
-    return Image.fromarray(pixels, "RGB")
+    x = (batch.detach().float().clamp(low, high) - low) / max(high - low, 1e-5)
+    pixels = x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p, "RGB") for p in pixels]
 
 
 def save_png(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> Path:

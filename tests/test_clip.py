@@ -14,7 +14,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from deltaedit.clip import DomainClip, build_clip_from_config, load_clip_model, save_clip_weights
 from deltaedit.config import load_domain_config
 from deltaedit.errors import InputError, WeightsError
-from deltaedit.templates import TEMPLATES
+from deltaedit.templates import TEMPLATES, format_prompts
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,28 @@ def test_fast_text_path_equals_encode_text(toy_clip):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "face with smile",
+        "Face With Bangs",
+        "man's face",
+        "face with 3",
+        "a",
+        "face with smile!",  # ends in punctuation: "!." is one word of the template's prompt
+        "face &amp",  # HTML unescaping turns the end into "&"
+        "café face",  # not ASCII: ftfy may repair it
+        "face-with-smile",
+        "face " + "very " * 80 + "long hair",  # cut at the context length
+    ],
+)
+def test_spliced_template_tokens_equal_the_tokenizer(toy_clip, phrase):
+    assert toy_clip._template_ids() is not None  # the 79 templates can all be spliced
+    tokens, notices = toy_clip._tokenize_phrase(phrase)
+    assert torch.equal(tokens, toy_clip.tokenizer(format_prompts(phrase, toy_clip.templates)))
+    assert bool(notices) == phrase.endswith("long hair")
+
+
 def test_embedding_is_normalised_mean_of_normalised_templates(fresh_clip):
     emb = fresh_clip.embed_text("face with smile")
     tokens = fresh_clip.tokenizer([t.format("face with smile") for t in TEMPLATES])
@@ -80,6 +102,24 @@ def test_cache_encodes_each_phrase_once(fresh_clip):
     # Callers get copies: editing one in place cannot corrupt the cache.
     fresh_clip.embed_text("face with smile").mul_(0)
     assert abs(float(fresh_clip.embed_text("face with smile").norm()) - 1) < 1e-5
+
+
+def test_new_phrases_are_encoded_in_one_batch_and_equal_one_by_one(fresh_clip, toy_clip):
+    phrases = ["face with smile", "face with red hair and eyeglasses", "a", "face with smile"]
+    fresh_clip.text_embedding("face")  # cached before: not encoded again
+    long = " ".join(["very"] * 40) + " happy face"
+    calls = []
+    hook = fresh_clip.model.transformer.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        batch = fresh_clip.text_embeddings([*phrases, "face", long])
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # three new phrases (one repeated) and a long one: one encode
+    assert batch[0] is batch[3] and batch[4] is fresh_clip.text_embedding("face")
+    one_by_one = DomainClip(toy_clip.model, toy_clip.tokenizer, toy_clip.config)
+    for phrase, emb in zip([*phrases, "face", long], batch):
+        torch.testing.assert_close(emb.vector, one_by_one.embed_text(phrase), atol=1e-5, rtol=0)
+    assert batch[-1].notices and not batch[0].notices  # notices stay with their phrase
 
 
 def test_text_delta_is_raw_difference(fresh_clip):

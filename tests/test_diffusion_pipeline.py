@@ -9,10 +9,13 @@ from torch import nn
 from deltaedit.errors import InputError, WeightsError
 from deltaedit.nn.style_unet import StyleConditionedUNet
 from deltaedit.pipelines.diffusion import (
+    CUDA_DTYPE,
     DEFAULT_SCHEDULER_CONFIG,
+    CudaGraphUNet,
     DiffusionBackbone,
     ddim_invert,
     ddim_sample,
+    inference_dtype,
     psnr,
 )
 
@@ -217,3 +220,70 @@ def test_tracing_failure_falls_back_to_the_eager_module(backbone, data, monkeypa
 def test_traced_unet_keeps_the_module_input_errors(backbone):
     with pytest.raises(InputError, match="style code"):
         backbone.denoiser(torch.randn(1, 3, 16, 16), torch.tensor(3), torch.randn(1, S + 1))
+
+
+# ---- precision and the GPU path -------------------------------------------------------------------
+
+
+def test_style_statistics_stay_float32_in_half_precision():
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16)
+    # A channel far from zero with a narrow spread: bf16 rounds 5.01 to 5.0, a fifth of a std.
+    mean, std = torch.full((S,), 5.01), torch.full((S,), 0.05)
+    unet.set_style_stats(mean, std)
+    s = mean + std * torch.randn(2, S)
+    reference = unet.embed_style(s)
+    backbone = DiffusionBackbone(unet, MILD).to(dtype=torch.bfloat16)
+    assert unet.dtype == torch.bfloat16 and unet.style_mean.dtype == torch.float32
+    assert torch.equal(unet.style_mean, mean) and torch.equal(unet.style_std, std)
+    half = backbone.unet.embed_style(s).float()
+    assert (half - reference).norm() / reference.norm() < 0.05
+    unet.half()  # every casting route keeps them
+    assert unet.style_mean.dtype == torch.float32
+
+
+def test_inference_dtype_is_half_on_a_gpu_only():
+    assert inference_dtype("cpu") == torch.float32
+    assert inference_dtype("cuda:0") == CUDA_DTYPE and CUDA_DTYPE in (torch.float16, torch.bfloat16)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graphs_match_eager_and_capture_each_shape_once(data):
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16).cuda()
+    eager = DiffusionBackbone(unet, MILD, cuda_graphs=False)
+    graphed = DiffusionBackbone(unet, MILD)
+    assert eager.denoiser is unet and isinstance(graphed.denoiser, CudaGraphUNet)
+    x0, s, ds = data
+    a = eager.edit(x0, s, ds, steps=8)
+    b = graphed.edit(x0, s, ds, steps=8)
+    assert b.edits.is_cuda
+    torch.testing.assert_close(b.edits, a.edits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(b.reconstruction, a.reconstruction, atol=1e-4, rtol=0)
+    graphs = graphed.denoiser._graphs
+    assert sorted(k[0][0] for k in graphs) == [1, 4] and all(g is not None for g in graphs.values())
+    # Conditioned like the module, and each call's output is its own (not the graph's buffer).
+    x, t, s = torch.randn(1, 3, 16, 16, device="cuda"), torch.tensor(500, device="cuda"), s.cuda()
+    first = graphed.denoiser(x, t, s)
+    kept = first.clone()
+    second = graphed.denoiser(x, t, s + 1)
+    assert not torch.allclose(first, second) and torch.equal(first, kept)
+    torch.testing.assert_close(first, unet(x, t, s), atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_edit_on_cuda_stays_close_to_float32(data, dtype):
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16)
+    reference = DiffusionBackbone(unet, MILD).to("cuda").edit(*data, steps=8)
+    half = DiffusionBackbone(StyleConditionedUNet.from_config(unet.config), MILD)
+    half.unet.load_state_dict(unet.state_dict())
+    out = half.to("cuda", dtype).edit(*data, steps=8)
+    assert out.edits.dtype == torch.float32  # the scheduler maths stays float32
+    assert psnr(out.edits, reference.edits).min() > 30

@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from deltaedit.errors import InputError
-from deltaedit.imageio import load_image, load_latents, save_png, tensor_to_pil, to_tensor
+from deltaedit.imageio import load_image, load_latents, save_png, tensor_to_pil, tensors_to_pils, to_tensor
 
 
 def _png_bytes(img: Image.Image, **kw) -> bytes:
@@ -196,6 +196,17 @@ def test_tensor_to_pil_rounds_like_save_image(tmp_path):
     ref = np.asarray(Image.open(ref_path).convert("RGB"))
     np.testing.assert_array_equal(np.asarray(tensor_to_pil(x)), ref)
     np.testing.assert_array_equal(np.asarray(tensor_to_pil(x[0])), ref)
+
+
+def test_batch_conversion_equals_one_by_one():
+    batch = torch.rand(3, 3, 8, 8) * 2.4 - 1.2  # past both ends of the range: clamped
+    pils = tensors_to_pils(batch)
+    assert len(pils) == 3
+    for pil, image in zip(pils, batch):
+        assert np.array_equal(np.asarray(pil), np.asarray(tensor_to_pil(image)))
+    assert np.asarray(pils[0]).max() == 255 and np.asarray(pils[0]).min() == 0
+    with pytest.raises(ValueError, match="batch"):
+        tensors_to_pils(batch[0])
 
 
 def test_tensor_to_pil_rejects_batches():

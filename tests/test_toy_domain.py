@@ -436,6 +436,26 @@ def test_shipped_diffusion_model_meets_the_eval_floors(shipped_diffusion_scores)
     assert scores["success"] >= D_FLOORS["success"] and scores["preservation"] >= D_FLOORS["preservation"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_shipped_diffusion_model_on_a_gpu_agrees_with_the_cpu():
+    if not ((ASSETS / "diffusion" / "config.json").is_file() and _shipped()):
+        pytest.skip("no toy DeltaEdit-D weights")
+    from deltaedit.pipelines.diffusion import CUDA_DTYPE, CudaGraphUNet, psnr
+    from deltaedit.pipelines.diffusion_editor import DiffusionEditor
+
+    gpu, cpu = DiffusionEditor.load("toy", "cuda"), DiffusionEditor.load("toy", "cpu")
+    assert gpu.backbone.unet.dtype == CUDA_DTYPE and isinstance(gpu.backbone.denoiser, CudaGraphUNet)
+    a = cpu.edit(codes=cpu.sample(seed=3), targets=["face with eyeglasses"], steps=50)
+    b = gpu.edit(codes=gpu.sample(seed=3), targets=["face with eyeglasses"], steps=50)
+    # Half precision on the GPU still gives the input back, and the same edit as float32 on the CPU.
+    assert (
+        float(psnr(b.source_tensor.float().cpu(), b.input_tensor.float().cpu()))
+        >= D_FLOORS["reconstruction_psnr"]
+    )
+    assert float(psnr(b.edited_tensor.float().cpu(), a.edited_tensor.float().cpu())) >= 25
+
+
 @pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
 def test_shipped_relevance_matrix_is_reproduced_by_our_code():
     """fs3.npy comes from `relevance` (encoded renders, seed 0, 8 samples): recompute 12 rows."""

@@ -140,8 +140,19 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         self.style_mean.copy_(mean.to(self.style_mean))
         self.style_std.copy_(std.to(self.style_std))
 
+    def _apply(self, fn, recurse=True):
+        # The style statistics stay float32 through .to(dtype)/.half(): in bf16 a channel's mean is
+        # rounded by more than the Δs of a typical edit, so s − mean would lose the edit.
+        stats = {name: getattr(self, name) for name in ("style_mean", "style_std")}
+        super()._apply(fn, recurse)
+        for name, before in stats.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:
+                setattr(self, name, before.to(after.device))
+        return self
+
     def embed_style(self, style: torch.Tensor) -> torch.Tensor:
-        z = (style.to(self.style_mean.dtype) - self.style_mean) / self.style_std
+        z = (style.float() - self.style_mean) / self.style_std
         return self.style_proj(z.to(self.dtype))
 
     def forward(

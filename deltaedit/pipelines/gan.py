@@ -33,7 +33,7 @@ from PIL import Image
 from .. import models
 from ..config import DomainConfig, load_domain_config
 from ..errors import InputError
-from ..imageio import load_image, tensor_to_pil, to_tensor
+from ..imageio import load_image, tensors_to_pils, to_tensor
 from ..nn.e4e import encode
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 from ..refine import refine_style_deltas
@@ -73,8 +73,8 @@ class EditResult:
     delta_s: torch.Tensor  # [T, S], after relevance selection, before strength
     notices: list[str]
     timings: dict[str, float]
-    source_tensor: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1]
-    edited_tensor: torch.Tensor | None = None  # [T, 3, H, W] in [-1, 1]
+    source_tensor: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1], on the editor's device
+    edited_tensor: torch.Tensor | None = None  # [T, 3, H, W] in [-1, 1], on the editor's device
     input_tensor: torch.Tensor | None = None  # [1, 3, H, W]: what the diffusion backbone inverted
 
 
@@ -269,6 +269,7 @@ class GanEditor:
 
     def text_deltas(self, targets: list[str], source_text: str) -> tuple[torch.Tensor, list[str]]:
         """Raw Δt [T, D] of each target against the source text, and notices about them."""
+        self.clip.text_embeddings([*targets, source_text])  # every new phrase in one batched encode
         deltas, notices = [], []
         for target in targets:
             delta = self.clip.text_delta(target, source_text)
@@ -389,10 +390,11 @@ def make_result(
     notices = list(dict.fromkeys(notices))
     for n in notices:
         log.info("notice: %s", n)
-    source, edits = source.float().cpu(), edits.float().cpu()
+    source, edits = source.float(), edits.float()  # stay on the editor's device
+    source_image, *edited_images = tensors_to_pils(torch.cat([source, edits]))
     return EditResult(
-        source_image=tensor_to_pil(source[0]),
-        edited_images=[tensor_to_pil(img) for img in edits],
+        source_image=source_image,
+        edited_images=edited_images,
         targets=targets,
         source_text=source_text,
         strength=strength,
