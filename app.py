@@ -24,6 +24,11 @@ except ImportError:
 import functools
 import logging
 import os
+
+# ZeroGPU attaches the GPU and moves the weights onto it per call: a captured CUDA graph would keep
+# the addresses of the call that captured it, so DeltaEdit-D runs its UNet eagerly there.
+if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
+    os.environ.setdefault("DELTAEDIT_CUDA_GRAPHS", "0")
 import random
 import reprlib
 import signal

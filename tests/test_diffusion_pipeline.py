@@ -247,6 +247,17 @@ def test_inference_dtype_is_half_on_a_gpu_only():
     assert inference_dtype("cuda:0") == CUDA_DTYPE and CUDA_DTYPE in (torch.float16, torch.bfloat16)
 
 
+def test_cuda_graphs_are_the_gpu_default_unless_turned_off(backbone, monkeypatch):
+    # Only the choice is tested here (capture needs a GPU, tested below): the device is faked.
+    monkeypatch.setattr(DiffusionBackbone, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.delenv("DELTAEDIT_CUDA_GRAPHS", raising=False)
+    assert isinstance(backbone.denoiser, CudaGraphUNet)
+    monkeypatch.setenv("DELTAEDIT_CUDA_GRAPHS", "0")  # what app.py sets on ZeroGPU
+    assert backbone.denoiser is backbone.unet
+    backbone.cuda_graphs = True  # an explicit choice wins over the variable
+    assert isinstance(backbone.denoiser, CudaGraphUNet)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 

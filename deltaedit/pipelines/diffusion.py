@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -309,7 +310,7 @@ class DiffusionBackbone:
     ):
         """`traced`: run the UNet as `TracedUNet` graphs (None: on a CPU in float32, where it halves
         the Python overhead of small models). `cuda_graphs`: run it as `CudaGraphUNet` (None: on a
-        GPU). Leave both off while the weights still change."""
+        GPU unless $DELTAEDIT_CUDA_GRAPHS is 0). Leave both off while the weights still change."""
         self.unet = unet.eval()
         self.scheduler_config = _config_dict(scheduler_config)
         self.traced = traced
@@ -319,9 +320,11 @@ class DiffusionBackbone:
     @property
     def denoiser(self):
         """What the samplers call: the UNet, or its traced or CUDA graphs (see `traced`, `cuda_graphs`)."""
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
-            wanted = CudaGraphUNet if self.cuda_graphs is not False else None
+        if self.device.type == "cuda":
+            use = self.cuda_graphs
+            if use is None:  # hosts that move weights between calls (ZeroGPU) set the variable to 0
+                use = os.environ.get("DELTAEDIT_CUDA_GRAPHS", "1") != "0"
+            wanted = CudaGraphUNet if use else None
         else:
             use = self.traced
             if use is None:
