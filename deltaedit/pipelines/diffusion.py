@@ -249,7 +249,9 @@ class CudaGraphUNet:
                 self.unet.denoise(*inputs)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: another request's GPU work in another thread (the app runs two) may go on
+        # during the capture; only this thread's calls are checked.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.unet.denoise(*inputs)
         return graph, inputs, output
 
