@@ -160,22 +160,19 @@ class _Denoise(torch.nn.Module):
         return self.unet.denoise(sample, timestep, style)
 
 
-class TracedUNet:
-    """The UNet for CPU inference, traced and frozen with TorchScript: one graph per input shape.
+class _GraphPerShape:
+    """The UNet run as one prepared graph per input shape (the last MAX_GRAPHS shapes are kept).
 
-    On two CPU cores about half of a toy UNet call (64 px, batch 1) is Python: module calls and
-    diffusers' per-block checks. A frozen trace runs the same aten ops from C++ (22 -> 11 ms per
-    call), with outputs equal to eager up to float rounding. torch.compile does the same but
-    compiles for ~100 s on this CPU; torch.jit traces in 0.5 s. The weights are baked into each
-    graph, so this is for a model that no longer changes (an inference backbone, not training).
-    If tracing fails, calls run the eager module.
+    Subclasses say how a graph is built and run. Malformed inputs go to the eager module, whose
+    checks raise the right error; if building a graph fails, calls of that shape run eagerly.
     """
 
     MAX_GRAPHS = 4  # input shapes kept (inversion batch 1, decoding 1 + number of targets)
+    ACTION = "preparing"  # for the warning when building fails
 
     def __init__(self, unet: StyleConditionedUNet):
         self.unet = unet
-        self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
+        self._graphs: OrderedDict[tuple, object | None] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -186,61 +183,74 @@ class TracedUNet:
     def device(self) -> torch.device:
         return self.unet.device
 
+    def _build(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+        raise NotImplementedError
+
+    def _run(self, graph, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def _graph(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
-        key = (tuple(x.shape), tuple(s.shape), tuple(t.shape), t.dtype)
+        key = (tuple(x.shape), x.dtype, tuple(s.shape), s.dtype, tuple(t.shape), t.dtype)
         with self._lock:
-            if key in self._graphs:
-                self._graphs.move_to_end(key)
-                return self._graphs[key]
-            try:
-                with warnings.catch_warnings():  # torch >= 2.10 marks torch.jit deprecated
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(_Denoise(self.unet).eval(), (x, t, s), check_trace=False)
-                    graph = torch.jit.freeze(traced)
-            except Exception as exc:  # noqa: BLE001 - any tracing problem: stay on the eager module
-                log.warning("tracing the UNet failed (%s); running it eagerly", exc)
-                graph = None
-            self._graphs[key] = graph
-            while len(self._graphs) > self.MAX_GRAPHS:
-                self._graphs.popitem(last=False)
-            return graph
+            if key not in self._graphs:
+                try:
+                    self._graphs[key] = self._build(x, t, s)
+                except Exception as exc:  # noqa: BLE001 - any problem building it: stay on the eager module
+                    log.warning("%s the UNet failed (%s); running it eagerly", self.ACTION, exc)
+                    self._graphs[key] = None
+                while len(self._graphs) > self.MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
+            self._graphs.move_to_end(key)
+            return self._graphs[key]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t, s: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or s.ndim != 2 or s.shape[1] != self.unet.config.style_dim or s.shape[0] != x.shape[0]:
-            return self.unet(x, t, s)  # the eager module's checks raise the right error
+            return self.unet(x, t, s)
         t = torch.as_tensor(t, device=x.device)
         graph = self._graph(x, t, s)
-        return self.unet(x, t, s) if graph is None else graph(x, t, s)
+        return self.unet(x, t, s) if graph is None else self._run(graph, x, t, s)
 
 
-class CudaGraphUNet:
+class TracedUNet(_GraphPerShape):
+    """The UNet for CPU inference, traced and frozen with TorchScript: one graph per input shape.
+
+    On two CPU cores about half of a toy UNet call (64 px, batch 1) is Python: module calls and
+    diffusers' per-block checks. A frozen trace runs the same aten ops from C++ (22 -> 11 ms per
+    call), with outputs equal to eager up to float rounding. torch.compile does the same but
+    compiles for ~100 s on this CPU; torch.jit traces in 0.5 s. The weights are baked into each
+    graph, so this is for a model that no longer changes (an inference backbone, not training).
+    """
+
+    ACTION = "tracing"
+
+    def _build(self, x, t, s):
+        with warnings.catch_warnings():  # torch >= 2.10 marks torch.jit deprecated
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_Denoise(self.unet).eval(), (x, t, s), check_trace=False)
+            return torch.jit.freeze(traced)
+
+    def _run(self, graph, x, t, s):
+        return graph(x, t, s)
+
+
+class CudaGraphUNet(_GraphPerShape):
     """The UNet on a GPU as captured CUDA graphs: one graph per input shape, replayed each step.
 
     A UNet call is a few hundred small kernels; at batch 1 launching them one by one from Python can
     take longer than running them. A captured graph launches them all at once. Inputs are copied into
     the graph's own buffers and the output is copied out, so a call behaves like the module. Each graph
-    holds its activations while cached (a few hundred MB at 256 px). If capture fails, calls run the
-    eager module.
+    holds its activations while cached (a few hundred MB at 256 px).
     """
 
-    MAX_GRAPHS = 4  # as TracedUNet: inversion batch 1, decoding 1 + number of targets
+    ACTION = "capturing a CUDA graph of"
     WARMUP_CALLS = 2  # eager calls on a side stream before capture (cuDNN picks its algorithms)
 
     def __init__(self, unet: StyleConditionedUNet):
-        self.unet = unet
-        self._graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
-        self._lock = threading.Lock()  # one replay at a time: the graph's buffers are shared
+        super().__init__(unet)
+        self._replay_lock = threading.Lock()  # one replay at a time: the graph's buffers are shared
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    def _capture(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+    def _build(self, x, t, s):
         inputs = (x.clone(), t.clone(), s.clone())
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -255,26 +265,9 @@ class CudaGraphUNet:
             output = self.unet.denoise(*inputs)
         return graph, inputs, output
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t, s: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or s.ndim != 2 or s.shape[1] != self.unet.config.style_dim or s.shape[0] != x.shape[0]:
-            return self.unet(x, t, s)  # the eager module's checks raise the right error
-        t = torch.as_tensor(t, device=x.device)
-        key = (tuple(x.shape), x.dtype, tuple(s.shape), s.dtype, tuple(t.shape), t.dtype)
-        with self._lock:
-            if key not in self._graphs:
-                try:
-                    self._graphs[key] = self._capture(x, t, s)
-                except Exception as exc:  # noqa: BLE001 - any capture problem: stay on the eager module
-                    log.warning("capturing the UNet as a CUDA graph failed (%s); running it eagerly", exc)
-                    self._graphs[key] = None
-                while len(self._graphs) > self.MAX_GRAPHS:
-                    self._graphs.popitem(last=False)
-            self._graphs.move_to_end(key)
-            captured = self._graphs[key]
-            if captured is None:
-                return self.unet(x, t, s)
-            graph, (x_in, t_in, s_in), output = captured
+    def _run(self, captured, x, t, s):
+        graph, (x_in, t_in, s_in), output = captured
+        with self._replay_lock:
             x_in.copy_(x)
             t_in.copy_(t)
             s_in.copy_(s)
