@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from deltaedit.fileio import atomic_dir, atomic_write, write_json
+from deltaedit.pipelines.diffusion import DiffusionBackbone
 from deltaedit.training import diffusion as diffusion_training
 
 
@@ -86,3 +89,26 @@ def test_an_interrupted_diffusion_checkpoint_keeps_the_previous_one(tmp_path, mo
     assert not [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")]
     diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=2, resume="latest", **fast)
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 2
+
+
+def test_interrupted_final_diffusion_weights_never_appear_half_written(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    pairs = (torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 16, generator=g))
+    fast = dict(batch_size=4, seed=0, progress=False, sample_every=0, lr=1e-3)
+    real_save = safetensors.torch.save_file
+
+    def failing_save(tensors, filename, *args, **kwargs):
+        if not Path(filename).name.startswith("diffusion_pytorch_model"):  # the checkpoint's save
+            return real_save(tensors, filename, *args, **kwargs)
+        Path(filename).write_bytes(b"half")  # a torn write of the final weights
+        raise Interrupted
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(Interrupted):
+        diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, **fast)
+    out = tmp_path
+    assert not list(out.glob("diffusion_pytorch_model*")) and not (out / "config.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".final")]
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, **fast)
+    assert DiffusionBackbone.from_pretrained(out).style_dim == 16  # whole once it finishes

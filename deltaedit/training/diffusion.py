@@ -35,6 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -442,9 +444,22 @@ def train_diffusion(
         save_checkpoint()
         if sample_every and step % sample_every:
             write_samples()
-        with_ema(lambda: unwrapped.save_pretrained(out_dir))
-        make_scheduler(DDIMScheduler, DEFAULT_SCHEDULER_CONFIG).save_pretrained(out_dir / "scheduler")
+        # Written aside, then moved in file by file: out_dir also holds the run's checkpoint and logs.
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".final-") as tmp:
+            with_ema(lambda: unwrapped.save_pretrained(tmp))
+            make_scheduler(DDIMScheduler, DEFAULT_SCHEDULER_CONFIG).save_pretrained(Path(tmp) / "scheduler")
+            _move_files_into(Path(tmp), out_dir)
     return out_dir
+
+
+def _move_files_into(folder: Path, out_dir: Path) -> None:
+    """Each file of `folder` into the same place under `out_dir`, whole (os.replace); config.json
+    last, so a folder that has one has the matching weights."""
+    files = sorted((f for f in folder.rglob("*") if f.is_file()), key=lambda f: f.name == "config.json")
+    for f in files:
+        dest = out_dir / f.relative_to(folder)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
 
 
 def _load_file(path: Path) -> dict:
