@@ -276,7 +276,9 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
             elapsed,
             target="<= 3 s" if on_cpu else "",
             ok=elapsed <= 3 if on_cpu else None,
-            note="" if on_cpu else f"{_dtype_name(editor.backbone.unet.dtype)}, CUDA graphs",
+            note=""
+            if on_cpu
+            else f"{_dtype_name(editor.backbone.unet.dtype)}, {_unet_runner(editor.backbone)}",
         )
     ]
     if str(device).startswith("cuda"):
@@ -286,6 +288,15 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _unet_runner(backbone) -> str:
+    """How the UNet ran: captured CUDA graphs only if every shape was captured, else eager."""
+    from .pipelines.diffusion import CudaGraphUNet
+
+    runner = backbone.denoiser
+    captured = isinstance(runner, CudaGraphUNet) and all(g is not None for g in runner._graphs.values())
+    return "CUDA graphs" if captured else "eager"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -331,7 +342,7 @@ def _ffhq_sized_unet_rows(device: str, steps: int = 50) -> list[Row]:
     from .nn.style_unet import StyleConditionedUNet
     from .nn.stylegan2 import Generator
     from .nn.stylespace import layout_from_generator
-    from .pipelines.diffusion import DiffusionBackbone
+    from .pipelines.diffusion import CUDA_DTYPE, DiffusionBackbone
 
     with torch.device("meta"):  # the FFHQ layout's size: shapes only, no memory, no initialisation
         style_dim = layout_from_generator(Generator.from_config(load_domain_config("ffhq").generator)).total
@@ -361,8 +372,9 @@ def _ffhq_sized_unet_rows(device: str, steps: int = 50) -> list[Row]:
                 f"D edit {size} px, FFHQ-size UNet, {steps}+{steps} ({_dtype_name(dtype)})",
                 times[True],
                 times[False],
-                target="<= 2 s (H100)",
-                ok=times[True] <= 2,
+                # The target is the shipped setting's: CUDA_DTYPE with graphs.
+                target="<= 2 s (H100)" if dtype == CUDA_DTYPE else "",
+                ok=times[True] <= 2 if dtype == CUDA_DTYPE else None,
                 note=f"naive: no CUDA graphs; peak GPU memory {peak:.1f} GB (with graphs)",
             )
         )

@@ -88,9 +88,13 @@ class DomainClip:
 
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Token ids [N, context]; a notice when any prompt is longer than the context."""
-        if not self._is_plain_bpe():  # another tokenizer: its own call, no length notice
-            return self.tokenizer(prompts).to(self.device), ()
-        return self._pack([self.tokenizer.encode(p) for p in prompts])
+        if self._is_plain_bpe():
+            return self._pack([self.tokenizer.encode(p) for p in prompts])
+        tokens, notices = self.tokenizer(prompts).to(self.device), ()
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is not None:  # e.g. a reduction_fn tokenizer: its own ids, our length notice
+            notices = self._length_notice(max(len(encode(p)) for p in prompts) + 2)
+        return tokens, notices
 
     def _tokenize_phrase(self, phrase: str) -> tuple[torch.Tensor, tuple[str, ...]]:
         """`_tokenize` of the templates filled with a (cleaned) phrase, BPE-encoding the phrase once.
@@ -130,18 +134,20 @@ class DomainClip:
         """BPE ids per prompt -> [N, context] with start/end tokens, truncated like open_clip's
         tokenizer (the end token kept); a notice when any prompt was cut."""
         tok, context = self.tokenizer, self.context_length
-        longest = max(len(row) for row in rows) + 2  # + start and end tokens
-        notices: tuple[str, ...] = ()
-        if longest > context:
-            notices = (
-                f"prompt too long for CLIP ({longest} tokens with the template, limit"
-                f" {context}); the end was cut off",
-            )
+        notices = self._length_notice(max(len(row) for row in rows) + 2)  # + start and end tokens
         padded = []
         for row in rows:
             ids = [tok.sot_token_id, *row[: context - 2], tok.eot_token_id]
             padded.append(ids + [0] * (context - len(ids)))
         return torch.tensor(padded, dtype=torch.long, device=self.device), notices
+
+    def _length_notice(self, longest: int) -> tuple[str, ...]:
+        if longest <= self.context_length:
+            return ()
+        return (
+            f"prompt too long for CLIP ({longest} tokens with the template, limit"
+            f" {self.context_length}); the end was cut off",
+        )
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """`model.encode_text(tokens)` computed over only the positions up to the last EOT."""
@@ -198,7 +204,9 @@ class DomainClip:
                 found[key] = TextEmbedding(key, self._average(feats), notices)
             with self._lock:
                 for key in missing:
-                    self._cache[key] = found[key]
+                    # First writer wins: a phrase encoded beside other phrases can differ in the last
+                    # float bits, and every caller must see one vector per phrase.
+                    found[key] = self._cache.setdefault(key, found[key])
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return [found[key] for key in keys]
@@ -225,6 +233,8 @@ class DomainClip:
     def text_delta(self, target: str, source: str | None = None) -> torch.Tensor:
         """Raw Δt = emb(target) − emb(source) [D]; `source` defaults to the domain's neutral text."""
         source = self.config.neutral_text if source is None else source
+        if self._clean(target) == self._clean(source):  # exactly zero: "nothing to edit"
+            return torch.zeros_like(self.embed_text(source))
         return self.embed_text(target) - self.embed_text(source)
 
     def clear_cache(self) -> None:

@@ -122,6 +122,25 @@ def test_new_phrases_are_encoded_in_one_batch_and_equal_one_by_one(fresh_clip, t
     assert batch[-1].notices and not batch[0].notices  # notices stay with their phrase
 
 
+def test_the_first_cached_vector_of_a_phrase_wins(fresh_clip, monkeypatch):
+    # Another thread caches "face with smile" while this one is encoding it: both must then use
+    # that one vector (a re-encode beside other phrases can differ in the last bits).
+    earlier = DomainClip(fresh_clip.model, fresh_clip.tokenizer, fresh_clip.config).text_embedding(
+        "face with smile"
+    )
+    real_encode = fresh_clip._encode_tokens
+
+    def encode_while_another_thread_caches(tokens):
+        fresh_clip._cache["face with smile"] = earlier
+        return real_encode(tokens)
+
+    monkeypatch.setattr(fresh_clip, "_encode_tokens", encode_while_another_thread_caches)
+    (got,) = fresh_clip.text_embeddings(["face with smile"])
+    assert got is earlier and fresh_clip.text_embedding("face with smile") is earlier
+    monkeypatch.undo()
+    assert torch.all(fresh_clip.text_delta(" face  with smile", "face with smile") == 0)
+
+
 def test_text_delta_is_raw_difference(fresh_clip):
     delta = fresh_clip.text_delta("face with smile", "face")
     torch.testing.assert_close(

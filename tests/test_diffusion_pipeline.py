@@ -242,6 +242,14 @@ def test_style_statistics_stay_float32_in_half_precision():
     assert unet.style_mean.dtype == torch.float32
 
 
+def test_style_statistics_loaded_in_half_precision_become_float32_again(tmp_path):
+    torch.manual_seed(0)
+    StyleConditionedUNet.tiny(style_dim=S, sample_size=16).save_pretrained(tmp_path)
+    unet = StyleConditionedUNet.from_pretrained(tmp_path, torch_dtype=torch.float16)
+    unet.half()  # any later cast restores float32 statistics
+    assert unet.dtype == torch.float16 and unet.style_mean.dtype == unet.style_std.dtype == torch.float32
+
+
 def test_inference_dtype_is_half_on_a_gpu_only():
     assert inference_dtype("cpu") == torch.float32
     assert inference_dtype("cuda:0") == CUDA_DTYPE and CUDA_DTYPE in (torch.float16, torch.bfloat16)

@@ -112,3 +112,23 @@ def test_interrupted_final_diffusion_weights_never_appear_half_written(tmp_path,
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, **fast)
     assert DiffusionBackbone.from_pretrained(out).style_dim == 16  # whole once it finishes
+
+
+def test_final_weights_of_a_rerun_never_pair_with_the_previous_config(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    pairs = (torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 16, generator=g))
+    fast = dict(batch_size=4, seed=0, progress=False, sample_every=0, lr=1e-3)
+    diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, **fast)
+    assert (tmp_path / "config.json").is_file()
+    real_replace = diffusion_training.os.replace
+
+    def dies_before_the_config(src, dst):
+        if Path(dst).name == "config.json":  # the new weights are in place, the config is not
+            raise Interrupted
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(diffusion_training.os, "replace", dies_before_the_config)
+    with pytest.raises(Interrupted):
+        diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=2, resume="latest", **fast)
+    # No config beside weights it was not written with: loading says so instead of mixing them.
+    assert not (tmp_path / "config.json").exists()

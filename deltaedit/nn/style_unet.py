@@ -147,8 +147,9 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         super()._apply(fn, recurse)
         for name, before in stats.items():
             after = getattr(self, name)
-            if after.dtype != before.dtype:
-                setattr(self, name, before.to(after.device))
+            if after.dtype != torch.float32:  # from the float32 copy where there was one
+                source = before if before.dtype == torch.float32 else after
+                setattr(self, name, source.to(after.device, torch.float32))
         return self
 
     def embed_style(self, style: torch.Tensor) -> torch.Tensor:

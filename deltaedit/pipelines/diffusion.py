@@ -267,6 +267,9 @@ class CudaGraphUNet(_GraphPerShape):
 
     def _run(self, captured, x, t, s):
         graph, (x_in, t_in, s_in), output = captured
+        # The lock orders the host calls; the copies, replay and clone are queued on the current
+        # stream, which every caller shares (the default one), so the next caller's copy into the
+        # buffers runs on the GPU after this clone.
         with self._replay_lock:
             x_in.copy_(x)
             t_in.copy_(t)
@@ -318,7 +321,7 @@ class DiffusionBackbone:
         if self.device.type == "cuda":
             use = self.cuda_graphs
             if use is None:  # hosts that move weights between calls (ZeroGPU) set the variable to 0
-                use = os.environ.get("DELTAEDIT_CUDA_GRAPHS", "1") != "0"
+                use = os.environ.get("DELTAEDIT_CUDA_GRAPHS", "1").lower() not in ("0", "false", "no", "off")
             wanted = CudaGraphUNet if use else None
         else:
             use = self.traced

@@ -456,6 +456,7 @@ def _move_files_into(folder: Path, out_dir: Path) -> None:
     """Each file of `folder` into the same place under `out_dir`, whole (os.replace); config.json
     last, so a folder that has one has the matching weights."""
     files = sorted((f for f in folder.rglob("*") if f.is_file()), key=lambda f: f.name == "config.json")
+    (out_dir / "config.json").unlink(missing_ok=True)  # an earlier run's: it must not pair with new weights
     for f in files:
         dest = out_dir / f.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
