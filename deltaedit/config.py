@@ -69,6 +69,12 @@ class DomainConfig:
     example_prompts: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
+    @property
+    def samples_by_rendering(self) -> bool:
+        """The generator was trained as a decoder (no prior on z): its samples are renders of random
+        attributes, encoded like any photo (`"extra": {"sampler": "render"}`, the toy domain)."""
+        return self.extra.get("sampler") == "render"
+
     def clip_pool(self, image_size: int) -> int:
         """Average-pool size that maps an `image_size` picture, upsampled ×upsample, to CLIP's input."""
         up = image_size * self.clip.upsample

@@ -76,7 +76,7 @@ def run(args) -> int:
     clip = models.load_clip(args.domain, device, args.weights_dir)
     encoder = latent_avg = None
     images = args.images
-    if images is None and cfg.extra.get("sampler") == "render":
+    if images is None and cfg.samples_by_rendering:
         # A decoder-only generator (the toy domain) has no z prior: encode seeded renders instead.
         from ..toy.train import rendered_batches
 

@@ -96,7 +96,7 @@ def domain_codes(args, G, device):
                 f" takes [{G.n_latent}, {G.style_dim}]; were the codes made for this domain?"
             )
         return w_plus.to(device)
-    if load_domain_config(args.domain).extra.get("sampler") == "render":
+    if load_domain_config(args.domain).samples_by_rendering:
         from ..toy.train import FS3_CODES, encoded_renders
 
         encoder, latent_avg = models.load_encoder(args.domain, device, args.weights_dir)
