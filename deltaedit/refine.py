@@ -41,11 +41,13 @@ def refine_style_deltas(
     steps: int,
     lr: float = DEFAULT_LR,
     push: float = DEFAULT_PUSH,
+    source_image: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Refined Δs [T, S] for the source s [1, S] (W+ w_plus [1, L, D]) and text deltas Δt [T, D].
 
     Rows whose Δs is all zero (nothing selected, or target == source) and strength 0 are returned
     as they are. Only the generator's and CLIP's inputs get gradients, never their weights.
+    `source_image`: the source already decoded from s and w_plus (else it is decoded here).
     """
     if steps <= 0 or strength == 0:
         return delta_s
@@ -58,7 +60,9 @@ def refine_style_deltas(
     rows = int(active.sum())
     w = w_plus.expand(rows, -1, -1)
     with torch.no_grad():
-        source = _unit_features(clip, decode_s(generator, layout.split(s), w_plus))
+        if source_image is None:
+            source_image = decode_s(generator, layout.split(s), w_plus)
+        source = _unit_features(clip, source_image)
     change = (strength * delta_s[active]).detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([change], lr=lr)
     with torch.enable_grad():

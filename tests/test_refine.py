@@ -104,3 +104,26 @@ def test_diffusion_edit_step_counts_must_be_whole_numbers(faces, name, value):
     diffusion = load_editor("toy", backbone="diffusion")
     with pytest.raises(InputError, match=name):
         diffusion.edit(codes=faces[0], targets=TARGETS[:1], **{name: value})
+
+
+def test_a_refined_edit_decodes_the_source_once(editor, monkeypatch):
+    import deltaedit.pipelines.gan as gan_module
+    import deltaedit.refine as refine_module
+
+    decoded = []
+
+    def counting(module):
+        real = module.decode_s
+
+        def decode(generator, s_list, w_plus):
+            decoded.append(s_list[0].shape[0])
+            return real(generator, s_list, w_plus)
+
+        return decode
+
+    monkeypatch.setattr(gan_module, "decode_s", counting(gan_module))
+    monkeypatch.setattr(refine_module, "decode_s", counting(refine_module))
+    codes = editor.encode_image(Image.fromarray(render_batch(1, 5)[0][0]), align=False)  # not rendered yet
+    editor.edit(codes=codes, targets=["face with red hair"], threshold=0.0, refine_steps=2)
+    # The source once, two refinement steps, the edit: no second decode of the source.
+    assert sum(decoded) == 4, decoded

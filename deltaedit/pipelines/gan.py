@@ -303,9 +303,20 @@ class GanEditor:
         self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
     ) -> torch.Tensor:
         """Δs after `steps` (checked by the caller) of CLIP-guided refinement (`deltaedit.refine`;
-        0: the mapper's Δs)."""
+        0: the mapper's Δs). Renders the source into `codes` if needed: the edit reuses it."""
+        if steps and codes.image is None:
+            codes.image = self.render(codes)
         return refine_style_deltas(
-            self.generator, self.clip, self.layout, codes.s, codes.w_plus, delta_s, delta_t, strength, steps
+            self.generator,
+            self.clip,
+            self.layout,
+            codes.s,
+            codes.w_plus,
+            delta_s,
+            delta_t,
+            strength,
+            steps,
+            source_image=codes.image,
         )
 
     @torch.no_grad()
