@@ -24,11 +24,6 @@ except ImportError:
 import functools
 import logging
 import os
-
-# ZeroGPU attaches the GPU and moves the weights onto it per call: a captured CUDA graph would keep
-# the addresses of the call that captured it, so DeltaEdit-D runs its UNet eagerly there.
-if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
-    os.environ.setdefault("DELTAEDIT_CUDA_GRAPHS", "0")
 import random
 import reprlib
 import signal
@@ -43,6 +38,11 @@ from deltaedit import service
 from deltaedit.errors import DeltaEditError
 
 log = logging.getLogger("deltaedit.app")
+
+# ZeroGPU attaches the GPU and moves the weights onto it per call: a captured CUDA graph would keep
+# the addresses of the call that captured it, so DeltaEdit-D runs its UNet eagerly there.
+if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
+    os.environ.setdefault("DELTAEDIT_CUDA_GRAPHS", "0")
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 PAPER = "https://arxiv.org/abs/2310.08785"

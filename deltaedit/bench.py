@@ -116,7 +116,7 @@ def bench_text(clip, phrase: str = "face with a sparkling smile", repeat: int = 
 def bench_gan_edit(editor, device: str = "cpu", repeat: int = 1) -> list[Row]:
     from .nn.stylespace import decode_s
 
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = _sync_for(device)
     codes = editor.sample(seed=1)
     editor.clip.embed_text(editor.config.neutral_text)  # loaded once per process in both paths
     counter = iter(range(10**6))

@@ -23,6 +23,7 @@ plain `model.encode_text` route for comparisons and benchmarks.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import threading
@@ -69,7 +70,6 @@ class DomainClip:
         self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
         self._lock = threading.Lock()
         self._pool_matrices: dict[tuple, torch.Tensor] = {}
-        self._template_parts: list | bool | None = None  # see _template_ids
 
     # ---- helpers -------------------------------------------------------------------------
     @property
@@ -106,7 +106,7 @@ class DomainClip:
         or digit: printable ASCII (no ftfy repairs), no "&" (HTML unescaping). Any other phrase takes
         the prompt-by-prompt route.
         """
-        parts = self._template_ids()
+        parts = self._template_ids
         plain = phrase.isascii() and phrase.isprintable() and "&" not in phrase and phrase[-1].isalnum()
         if parts is None or not plain:
             return self._tokenize(format_prompts(phrase, self.templates))
@@ -117,18 +117,18 @@ class DomainClip:
         tok = self.tokenizer
         return isinstance(tok, open_clip.tokenizer.SimpleTokenizer) and tok.reduction_fn is None
 
+    @functools.cached_property
     def _template_ids(self) -> list[tuple[list[int], list[int]]] | None:
         """Each template's ids before and after "{}", or None where splicing would not be exact."""
-        if self._template_parts is None:
-            parts: list | bool = []
-            for template in self.templates:
-                before, _, after = template.partition("{}")
-                if not self._is_plain_bpe() or (before and not before[-1].isspace()) or after[:1].isalnum():
-                    parts = False
-                    break
-                parts.append((self.tokenizer.encode(before), self.tokenizer.encode(after)))
-            self._template_parts = parts
-        return self._template_parts or None
+        if not self._is_plain_bpe():
+            return None
+        parts = []
+        for template in self.templates:
+            before, _, after = template.partition("{}")
+            if (before and not before[-1].isspace()) or after[:1].isalnum():
+                return None
+            parts.append((self.tokenizer.encode(before), self.tokenizer.encode(after)))
+        return parts
 
     def _pack(self, rows: list[list[int]]) -> tuple[torch.Tensor, tuple[str, ...]]:
         """BPE ids per prompt -> [N, context] with start/end tokens, truncated like open_clip's

@@ -67,7 +67,7 @@ def test_fast_text_path_equals_encode_text(toy_clip):
     ],
 )
 def test_spliced_template_tokens_equal_the_tokenizer(toy_clip, phrase):
-    assert toy_clip._template_ids() is not None  # the 79 templates can all be spliced
+    assert toy_clip._template_ids is not None  # the 79 templates can all be spliced
     tokens, notices = toy_clip._tokenize_phrase(phrase)
     assert torch.equal(tokens, toy_clip.tokenizer(format_prompts(phrase, toy_clip.templates)))
     assert bool(notices) == phrase.endswith("long hair")

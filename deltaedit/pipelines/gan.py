@@ -242,8 +242,6 @@ class GanEditor:
         """A random source drawn from the generator (seeded, truncated as the domain prescribes)."""
         seed = int(check_number("seed", seed, (0, 2**31 - 1)))
         if self.config.samples_by_rendering:
-            # The toy generator is trained as a decoder (no adversarial prior on z), so its
-            # samples are renders of random attributes, inverted like any photo.
             from ..toy.render import render_batch
 
             images, _ = render_batch(1, seed)
