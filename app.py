@@ -192,13 +192,15 @@ def new_seed():
 
 @user_errors
 def example_edit(domain, image, target):
-    return edit_gan(domain, image, service.neutral_text(domain), target, 1.0, 0.03, 0)
+    strength, threshold = service.edit_defaults(domain)
+    return edit_gan(domain, image, service.neutral_text(domain), target, strength, threshold, 0)
 
 
 def change_domain(domain, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's injection idiom
     progress(0, desc="loading the models")
     status = service.domain_status(domain)
-    return status, service.neutral_text(domain), service.diffusion_status(domain)
+    strength, threshold = service.edit_defaults(domain)
+    return status, service.neutral_text(domain), service.diffusion_status(domain), strength, threshold
 
 
 @user_errors
@@ -271,8 +273,10 @@ between their captions. That shared space of differences is **DeltaSpace**.
    conditioned on the same style code (DDIM inversion, then sampling under s + Δs).
 
 Any prompt works zero-shot. The *Toy faces* domain is a small built-in model trained here on
-procedural cartoon faces, so the app runs anywhere without downloads; *FFHQ faces* uses the
-authors' published weights when they can be downloaded.
+procedural cartoon faces, so the app runs anywhere without downloads; it adds three steps that are
+not in the paper (the text difference grounded in the picture through a bank of image features, a
+mapper trained on nearest-neighbour pairs, and a few refinement steps; see the README). *FFHQ
+faces* uses the authors' published weights when they can be downloaded, with the paper's method.
 """
 
 # Toy pictures are 64 px: show them large and sharp.
@@ -329,8 +333,11 @@ def build_demo() -> gr.Blocks:
                     lines=2,
                     elem_id="target-text",
                 )
-                strength = NumberSlider(-5, 5, value=1.0, step=0.1, label="Strength")
-                threshold = NumberSlider(0, 0.5, value=0.03, step=0.005, label="Disentanglement threshold")
+                default_strength, default_threshold = service.edit_defaults(DEFAULT_DOMAIN)
+                strength = NumberSlider(-5, 5, value=default_strength, step=0.05, label="Strength")
+                threshold = NumberSlider(
+                    0, 0.5, value=default_threshold, step=0.005, label="Disentanglement threshold"
+                )
             with gr.Column(scale=3, min_width=360):
                 with gr.Tabs():
                     with gr.Tab("DeltaEdit-G"):
@@ -391,7 +398,7 @@ def build_demo() -> gr.Blocks:
         domain.change(
             change_domain,
             inputs=domain,
-            outputs=[domain_status, source, d_notice],
+            outputs=[domain_status, source, d_notice, strength, threshold],
             api_visibility="private",
         )
         deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")

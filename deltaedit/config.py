@@ -68,6 +68,10 @@ class DomainConfig:
     truncation: float = 0.7
     example_prompts: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    # Strength, disentanglement threshold and refinement steps of an edit whose caller gives none.
+    default_strength: float = 1.0
+    default_threshold: float = 0.03
+    default_refine_steps: int = 0
 
     @property
     def samples_by_rendering(self) -> bool:
@@ -107,6 +111,9 @@ def _parse(raw: dict) -> DomainConfig:
         truncation=raw.get("truncation", 0.7),
         example_prompts=tuple(raw.get("example_prompts", ())),
         extra=dict(raw.get("extra", {})),
+        default_strength=float(raw.get("edit_defaults", {}).get("strength", 1.0)),
+        default_threshold=float(raw.get("edit_defaults", {}).get("threshold", 0.03)),
+        default_refine_steps=int(raw.get("edit_defaults", {}).get("refine_steps", 0)),
     )
 
 

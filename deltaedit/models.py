@@ -176,6 +176,28 @@ def load_relevance(domain, weights_dir=None) -> torch.Tensor:
 
 
 @cache
+def _feature_bank(domain: str, weights_dir: str | None):
+    from .grounding import load_feature_bank
+
+    cfg = load_domain_config(domain)
+    if "feature_bank" not in cfg.weights:
+        return None
+    # A bank only means something for the CLIP that made it: take it from the CLIP's own folder.
+    clip_path = weights.resolve(cfg.weights["clip"], weights_dir)
+    path = weights.find_in_dir(cfg.weights["feature_bank"], clip_path.parent)
+    if path is None:
+        log.info("no feature bank beside %s: text deltas go to the mapper as they are", clip_path)
+        return None
+    return load_feature_bank(path, clip_dim=cfg.clip.embed_dim)
+
+
+def load_feature_bank(domain, weights_dir=None):
+    """The domain's FeatureBank (`deltaedit.grounding`), or None where it has none."""
+    with _lock:
+        return _feature_bank(_domain(domain).id, _key(weights_dir))
+
+
+@cache
 def _aligner(domain: str, weights_dir: str | None):
     from .align import FaceAligner
 
@@ -192,7 +214,7 @@ def clear_cache() -> None:
     """Forget every loaded model (tests, or after replacing weight files) and the editors holding them."""
     import sys
 
-    for fn in (_generator, _mapper, _encoder, _clip, _fs3, _aligner):
+    for fn in (_generator, _mapper, _encoder, _clip, _fs3, _feature_bank, _aligner):
         fn.cache_clear()
     # Editors keep references to the models: a cached editor would keep serving the old weights.
     for name in ("deltaedit.pipelines.gan", "deltaedit.pipelines.diffusion_editor"):

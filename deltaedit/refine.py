@@ -7,10 +7,16 @@ away from the text direction, and push along it:
 
     loss(e) = |Δi(e) − (Δi(e)·d)d|² − push · Δi(e)·d,   Δi(e) = î(G(s + e)) − î(G(s)),   d = Δt/|Δt|
 
-where î is the unit CLIP image feature and e = strength · Δs is the change actually applied. Adam
-starts from the mapper's e and moves only the channels the relevance selection kept, so the
-refinement corrects the mapper's prediction rather than replacing it (as StyleCLIP's latent
-optimisation would). Each step decodes and backpropagates through the generator and CLIP once
+where î is the unit CLIP image feature and e = strength · Δs is the change actually applied.
+With a feature bank (`deltaedit.grounding`) the text direction is replaced by a target: the
+grounded delta g says where the edit's feature should land, and
+
+    loss(e) = |Δi(e) − g|²,   g = ground(Δt, î(G(s)))
+
+asks for the attribute swap and for nothing else to move (on the toy domain, `eval --n 50`:
+preservation 0.87 -> 0.9x at the same success; README). Adam starts from the mapper's e and moves
+only the channels the relevance selection kept, so the refinement corrects the mapper's
+prediction rather than replacing it (as StyleCLIP's latent optimisation would). Each step decodes and backpropagates through the generator and CLIP once
 per target: cheap at 64 px, a GPU job at 1024 px.
 """
 
@@ -42,12 +48,14 @@ def refine_style_deltas(
     lr: float = DEFAULT_LR,
     push: float = DEFAULT_PUSH,
     source_image: torch.Tensor | None = None,
+    feature_bank=None,
 ) -> torch.Tensor:
     """Refined Δs [T, S] for the source s [1, S] (W+ w_plus [1, L, D]) and text deltas Δt [T, D].
 
     Rows whose Δs is all zero (nothing selected, or target == source) and strength 0 are returned
     as they are. Only the generator's and CLIP's inputs get gradients, never their weights.
     `source_image`: the source already decoded from s and w_plus (else it is decoded here).
+    `feature_bank`: a `FeatureBank`; with it the loss matches the grounded delta (see above).
     """
     if steps <= 0 or strength == 0:
         return delta_s
@@ -63,15 +71,21 @@ def refine_style_deltas(
         if source_image is None:
             source_image = decode_s(generator, layout.split(s), w_plus)
         source = _unit_features(clip, source_image)
+        target = None
+        if feature_bank is not None:
+            target = feature_bank.ground(delta_t[active].float(), source).to(source.device)
     change = (strength * delta_s[active]).detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([change], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             images = decode_s(generator, layout.split(s + change * keep), w)
             delta_i = _unit_features(clip, images) - source
-            along = (delta_i * d).sum(dim=-1)
-            across = delta_i - along[:, None] * d
-            loss = (across.pow(2).sum(dim=-1) - push * along).sum()  # rows are independent
+            if target is not None:
+                loss = (delta_i - target).pow(2).sum()  # rows are independent
+            else:
+                along = (delta_i * d).sum(dim=-1)
+                across = delta_i - along[:, None] * d
+                loss = (across.pow(2).sum(dim=-1) - push * along).sum()
             (grad,) = torch.autograd.grad(loss, [change])
             change.grad = grad
             optimizer.step()

@@ -67,6 +67,12 @@ def neutral_text(domain: str) -> str:
     return load_domain_config(check_domain(domain)).neutral_text
 
 
+def edit_defaults(domain: str) -> tuple[float, float]:
+    """(strength, threshold) an edit in `domain` uses when the caller gives none."""
+    cfg = load_domain_config(check_domain(domain))
+    return cfg.default_strength, cfg.default_threshold
+
+
 def example_prompts(domain: str) -> list[str]:
     return list(load_domain_config(check_domain(domain)).example_prompts)
 
@@ -260,8 +266,8 @@ def edit(
     image=None,
     source: str | None = None,
     target: str = "",
-    strength: float = 1.0,
-    threshold: float = 0.03,
+    strength: float | None = None,
+    threshold: float | None = None,
     seed=0,
     align: bool = True,
     steps: int | None = None,
@@ -328,8 +334,8 @@ def compare(
     image=None,
     source: str | None = None,
     target: str = "",
-    strength: float = 1.0,
-    threshold: float = 0.03,
+    strength: float | None = None,
+    threshold: float | None = None,
     seed=0,
     align: bool = True,
     steps: int = 50,

@@ -131,6 +131,9 @@ REGISTRY: dict[str, WeightSource] = {
         WeightSource("toy-clip", "clip.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
         WeightSource("toy-classifier", "classifier.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
         WeightSource(
+            "toy-feature-bank", "feature_bank.npy", packaged=True, optional=True, unavailable_hint=_TOY_HINT
+        ),
+        WeightSource(
             "toy-diffusion",
             "diffusion",
             packaged=True,

@@ -36,19 +36,34 @@ def faces(editor):
 
 
 def objective(editor, codes, delta_s, delta_t) -> torch.Tensor:
-    """The refinement's loss per target, |Δi across d|² − push · Δi·d, evaluated independently."""
+    """The refinement's loss per target, evaluated independently: with the editor's feature bank
+    |Δi − g|² (g the grounded delta), without one |Δi across d|² − push · Δi·d."""
     G, clip, layout = editor.generator, editor.clip, editor.layout
     with torch.no_grad():
         batch = torch.cat([codes.s, codes.s + delta_s])
         f = clip.image_features(decode_s(G, layout.split(batch), codes.w_plus.expand(len(batch), -1, -1)))
     f = f / f.norm(dim=-1, keepdim=True)
     delta_i = f[1:] - f[:1]
+    if editor.feature_bank is not None:
+        return (delta_i - editor.feature_bank.ground(delta_t, f[:1])).pow(2).sum(-1)
     d = delta_t / delta_t.norm(dim=-1, keepdim=True)
     along = (delta_i * d).sum(-1)
     return (delta_i - along[:, None] * d).pow(2).sum(-1) - DEFAULT_PUSH * along
 
 
-def test_refinement_lowers_its_objective_and_keeps_the_selection(editor, faces):
+@pytest.fixture(params=["grounded", "text direction"])
+def refining_editor(request, editor):
+    """The toy editor with its feature bank (grounded target) and without (the text's direction)."""
+    bank = editor.feature_bank
+    assert bank is not None
+    if request.param == "text direction":
+        editor.feature_bank = None
+    yield editor
+    editor.feature_bank = bank
+
+
+def test_refinement_lowers_its_objective_and_keeps_the_selection(refining_editor, faces):
+    editor = refining_editor
     delta_t, _ = editor.text_deltas(TARGETS[:2], "face")
     params = dict(editor.generator.named_parameters())
     for codes in faces:
@@ -62,7 +77,7 @@ def test_refinement_lowers_its_objective_and_keeps_the_selection(editor, faces):
 
 def test_edit_with_refinement_changes_the_edit_not_the_no_edit_row(editor, faces):
     codes = faces[0]
-    plain = editor.edit(codes=codes, targets=TARGETS)
+    plain = editor.edit(codes=codes, targets=TARGETS, refine_steps=0)
     refined = editor.edit(codes=codes, targets=TARGETS, refine_steps=5)
     assert "refine" in refined.timings and "refine" not in plain.timings
     assert not torch.equal(refined.delta_s[:2], plain.delta_s[:2])
@@ -91,7 +106,7 @@ def test_cli_edit_refine_steps(tmp_path):
     Image.fromarray(render_batch(1, seed=7)[0][0]).save(face)
     common = ["edit", "--domain", "toy", "--image", str(face), "--no-align", "--device", "cpu"]
     common += ["--target", "face with red hair"]
-    assert cli.main(common + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "plain.png"), "--refine-steps", "0"]) == 0
     assert cli.main(common + ["--out", str(tmp_path / "refined.png"), "--refine-steps", "5"]) == 0
     plain, refined = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "refined"))
     assert plain.shape == refined.shape and not np.array_equal(plain, refined)

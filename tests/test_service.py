@@ -37,8 +37,8 @@ class FakeEditor:
             edited_images=[Image.new("RGB", (8, 8), (len(t), 0, 0)) for t in lines],
             targets=lines,
             source_text=source or "face",
-            strength=strength,
-            threshold=threshold,
+            strength=1.0 if strength is None else strength,  # a real editor takes the domain's defaults
+            threshold=0.03 if threshold is None else threshold,
             notices=notices,
             timings={"total": 0.01},
         )
@@ -121,7 +121,8 @@ def test_compare_shows_g_and_explains_a_missing_d(fake):
 def test_compare_times_both_backbones_when_d_exists(fake):
     view = service.compare("ffhq", target="face with smile", steps=7)
     assert view.diffusion is not None
-    assert ("edit", "face with smile", None, 1.0, 0.03, 7) in fake.calls
+    # No strength or threshold given: the editor takes its domain's defaults.
+    assert ("edit", "face with smile", None, None, None, 7) in fake.calls
     assert "DeltaEdit-D (7 steps)" in view.summary
 
 

@@ -21,6 +21,7 @@ from deltaedit.training.mapper import (
     load_training_state,
     mapper_condition,
     mapper_loss,
+    neighbour_table,
     noisy_delta,
     save_mapper_weights,
     split_indices,
@@ -128,6 +129,71 @@ def test_pair_sampler_stays_in_its_split_and_is_a_function_of_step():
     # Consecutive steps walk through a permutation: one epoch (40 codes) covers each code once.
     seen = np.concatenate([sampler.batch(k)[0] for k in range(5)])[:40]
     assert sorted(seen) == sorted(train)
+
+
+def test_neighbour_table_skips_itself_and_near_duplicates():
+    # Three clusters of near-duplicates (jitter 0.01) at distance >= 1 from each other.
+    centres = torch.eye(3)
+    features = centres.repeat_interleave(4, dim=0) + 0.01 * torch.randn(
+        12, 3, generator=torch.Generator().manual_seed(0)
+    )
+    table = neighbour_table(features, k=4, min_distance=0.25)
+    assert table.shape == (12, 4)
+    cluster = np.arange(12) // 4
+    for row, partners in enumerate(table):
+        assert row not in partners
+        assert (cluster[partners] != cluster[row]).all()  # never a duplicate of itself
+    plain = neighbour_table(features, k=3, min_distance=0.0)
+    assert (cluster[plain] == cluster[:, None]).all()  # without the floor: only the duplicates
+    with pytest.raises(InputError, match="neighbours"):
+        neighbour_table(features, k=12, min_distance=0.0)
+
+
+def test_pair_sampler_mixes_neighbours_and_random_partners_per_step():
+    train, _ = split_indices(60, 0.0, seed=0)
+    table = np.tile(np.array([[1, 2]]), (60, 1))  # every code's neighbours: positions 1 and 2
+    near = PairSampler(train, batch_size=64, seed=0, neighbours=table, random_fraction=0.0)
+    assert set(near.batch(3)[1]) <= {train[1], train[2]}
+    mixed = PairSampler(train, batch_size=64, seed=0, neighbours=table, random_fraction=0.5)
+    first, partner = mixed.batch(3)
+    from_table = np.isin(partner, train[[1, 2]]).mean()
+    assert 0.3 < from_table < 0.8  # about half neighbours, half uniform partners
+    again = PairSampler(train, batch_size=64, seed=0, neighbours=table, random_fraction=0.5)
+    for a, b in zip(again.batch(3), (first, partner)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_neighbour_training_records_its_pairing_and_resume_refuses_another(tmp_path):
+    s, c = synthetic_codes()
+    kwargs = dict(batch_size=8, val_fraction=0.1, seed=0, progress=False, save_every=2)
+    plain = train_mapper((s, c), LAYOUT, CLIP_DIM, tmp_path / "a.safetensors", steps=2, **kwargs)
+    near = train_mapper(
+        (s, c),
+        LAYOUT,
+        CLIP_DIM,
+        tmp_path / "b.safetensors",
+        steps=2,
+        neighbours=4,
+        min_distance=0.0,
+        **kwargs,
+    )
+    assert plain.train_losses[0] != near.train_losses[0]  # the same first codes, other partners
+    assert load_training_state(near.state_path)["settings"]["neighbours"] == 4
+    with pytest.raises(InputError, match="neighbours"):
+        train_mapper(
+            (s, c), LAYOUT, CLIP_DIM, tmp_path / "b.safetensors", steps=4, resume=near.state_path, **kwargs
+        )
+    with pytest.raises(InputError, match="random_fraction"):
+        train_mapper(
+            (s, c),
+            LAYOUT,
+            CLIP_DIM,
+            tmp_path / "c.safetensors",
+            steps=1,
+            neighbours=2,
+            random_fraction=2.0,
+            **kwargs,
+        )
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):

@@ -7,16 +7,25 @@ import argparse
 
 def add_edit_options(p: argparse.ArgumentParser) -> None:
     """--strength, --threshold, --steps and --refine-steps, with the editors' defaults."""
-    p.add_argument("--strength", type=float, default=1.0, help="alpha in s + alpha*delta_s (default 1.0)")
     p.add_argument(
-        "--threshold", type=float, default=0.03, help="disentanglement threshold on |fs3 . dt| (default 0.03)"
+        "--strength",
+        type=float,
+        default=None,
+        help="alpha in s + alpha*delta_s (default: the domain's, 1.0 for ffhq, 0.85 for toy)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="disentanglement threshold on |fs3 . dt| (default: the domain's, 0.03 for ffhq, 0.1 for toy)",
     )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (diffusion backbone only; default 50)")
     p.add_argument(
         "--refine-steps",
         type=int,
-        default=0,
-        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default 0: off)",
+        default=None,
+        help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default: the"
+        " domain's, 0 (off) for ffhq, 20 for toy)",
     )
 
 

@@ -50,8 +50,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--delta-noise",
         type=float,
         default=0.0,
-        help="add this x a random unit vector to each training delta (default 0: the authors' objective;"
-        " the toy domain uses 1.0 to bridge its CLIP's text-image gap)",
+        help="add this x a random unit vector to each training delta (default 0: the authors' objective)",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="pair codes with one of their K nearest codes in CLIP space (one-attribute-like deltas)"
+        " instead of a random partner (default 0: the authors' random partners; the toy domain uses 16)",
+    )
+    p.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.25,
+        help="with --neighbours: skip partners closer than this (same content, other jitter; default 0.25)",
+    )
+    p.add_argument(
+        "--random-fraction",
+        type=float,
+        default=0.5,
+        help="with --neighbours: fraction of pairs that keep a random partner (default 0.5)",
     )
     p.add_argument("--log-every", type=int, default=1000, help="steps between log lines (default 1000)")
     p.add_argument(
@@ -111,6 +129,9 @@ def run(args) -> int:
         save_every=args.save_every,
         accelerator=accelerator,
         delta_noise=args.delta_noise,
+        neighbours=args.neighbours,
+        min_distance=args.min_distance,
+        random_fraction=args.random_fraction,
     )
     if accelerator.is_main_process:
         last_val = f", val loss {result.val_losses[-1][1]:.4f}" if result.val_losses else ""

@@ -17,7 +17,7 @@ from .. import weights
 from ..config import load_domain_config
 from ..errors import InputError
 from .diffusion import DiffusionBackbone, inference_dtype
-from .gan import EditResult, GanEditor, SourceCodes, check_refine_steps, check_whole_number, make_result
+from .gan import EditResult, GanEditor, SourceCodes, check_whole_number, make_result
 
 STEPS_RANGE = (1, 1000)
 
@@ -68,17 +68,17 @@ class DiffusionEditor:
         codes: SourceCodes | None = None,
         targets,
         source: str | None = None,
-        strength: float = 1.0,
-        threshold: float = 0.03,
+        strength: float | None = None,
+        threshold: float | None = None,
         align: bool = True,
         steps: int = 50,
-        refine_steps: int = 0,
+        refine_steps: int | None = None,
     ) -> EditResult:
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(targets, source, strength, threshold)
         steps = check_whole_number("steps", steps, STEPS_RANGE)
-        refine_steps = check_refine_steps(refine_steps)
+        refine_steps = gan.resolve_refine_steps(refine_steps)
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)

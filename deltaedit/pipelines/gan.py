@@ -129,11 +129,13 @@ class GanEditor:
         weights_dir: str | Path | None = None,
         encoder=None,
         aligner=None,
+        feature_bank=None,
     ):
         """Assemble an editor from loaded modules; `GanEditor.load` does it from weight files.
 
         `encoder` ((module, latent_avg)) and `aligner` are loaded on first use when not given,
-        so editing latents never pays for them.
+        so editing latents never pays for them. With a `feature_bank` (`deltaedit.grounding`)
+        the mapper gets text deltas grounded in the source image; None gives the paper's Δt.
         """
         self.config = config
         self.device = torch.device(device)
@@ -145,6 +147,7 @@ class GanEditor:
         self.layout = layout_from_generator(generator)
         self._encoder = encoder
         self._aligner = aligner
+        self.feature_bank = feature_bank
         self._sources: OrderedDict[str, SourceCodes] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -164,6 +167,7 @@ class GanEditor:
             models.load_relevance(domain, weights_dir),
             device=device,
             weights_dir=weights_dir,
+            feature_bank=models.load_feature_bank(domain, weights_dir),
         )
 
     @property
@@ -279,9 +283,15 @@ class GanEditor:
 
     @torch.no_grad()
     def style_deltas(self, codes: SourceCodes, delta_t: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Δs [T, S]: the mapper's output with irrelevant channels (|fs3 · Δt| < threshold) zeroed."""
+        """Δs [T, S]: the mapper's output with irrelevant channels (|fs3 · Δt| < threshold) zeroed.
+
+        The mapper reads Δt grounded in the source image when the editor has a feature bank; the
+        relevance selection always reads the text's own Δt, as the authors'."""
         T = delta_t.shape[0]
-        cond = self.clip.condition(codes.clip_feature.expand(T, -1), delta_t)
+        mapper_delta = delta_t
+        if self.feature_bank is not None:
+            mapper_delta = self.feature_bank.ground(delta_t, codes.clip_feature)
+        cond = self.clip.condition(codes.clip_feature.expand(T, -1), mapper_delta)
         delta_s = self.mapper(codes.s.expand(T, -1), cond)
         # One selection per target: select_channels takes a single Δt [D].
         keep = torch.stack([select_channels(self.fs3, dt, threshold) for dt in delta_t.float().cpu()])
@@ -290,12 +300,18 @@ class GanEditor:
         return delta_s
 
     def resolve_request(self, targets, source, strength, threshold) -> tuple[list[str], str, float, float]:
-        """Validated (targets, source text, strength, threshold)."""
+        """Validated (targets, source text, strength, threshold); None: the domain's default."""
         targets = normalise_targets(targets)
+        strength = self.config.default_strength if strength is None else strength
+        threshold = self.config.default_threshold if threshold is None else threshold
         strength = check_number("strength", strength, STRENGTH_RANGE)
         threshold = check_number("threshold", threshold, THRESHOLD_RANGE)
         source_text = (source or "").strip() or self.config.neutral_text
         return targets, source_text, strength, threshold
+
+    def resolve_refine_steps(self, refine_steps) -> int:
+        """Validated refinement steps; None: the domain's default."""
+        return check_refine_steps(self.config.default_refine_steps if refine_steps is None else refine_steps)
 
     def refined_style_deltas(
         self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
@@ -315,6 +331,7 @@ class GanEditor:
             strength,
             steps,
             source_image=codes.image,
+            feature_bank=self.feature_bank,
         )
 
     @torch.no_grad()
@@ -326,16 +343,17 @@ class GanEditor:
         codes: SourceCodes | None = None,
         targets: str | list[str],
         source: str | None = None,
-        strength: float = 1.0,
-        threshold: float = 0.03,
+        strength: float | None = None,
+        threshold: float | None = None,
         align: bool = True,
-        refine_steps: int = 0,
+        refine_steps: int | None = None,
     ) -> EditResult:
-        """`refine_steps` > 0 refines the mapper's Δs through the generator and CLIP (not in the
-        paper; see `deltaedit.refine`)."""
+        """`strength`, `threshold`, `refine_steps`: None takes the domain's defaults. `refine_steps`
+        > 0 refines the mapper's Δs through the generator and CLIP (not in the paper; see
+        `deltaedit.refine`)."""
         t0 = time.perf_counter()
         targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
-        refine_steps = check_refine_steps(refine_steps)  # before any model work
+        refine_steps = self.resolve_refine_steps(refine_steps)  # before any model work
         codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
         timings = {"encode": time.perf_counter() - t0}
 

@@ -54,9 +54,12 @@ class ToyBudget:
     ae_batch: int = 8
     n_codes: int = 10000
     mapper_steps: int = 4000
-    # Perturbed training deltas (`training.mapper.noisy_delta`): on `eval --n 50 --seed 1000`
-    # success 0.85 -> 0.97 and preservation 0.46 -> 0.51 with the toy CLIP's text deltas.
-    mapper_delta_noise: float = 1.0
+    # Half the mapper's pairs take one of the 16 nearest codes in CLIP space as the partner: the
+    # one-attribute deltas that grounded text deltas are (README, "The built-in toy domain").
+    mapper_neighbours: int = 16
+    mapper_delta_noise: float = 0.0
+    # CLIP image features shipped as the feature bank (`deltaedit.grounding`).
+    bank_size: int = 4096
     fs3_samples: int = 8
     classifier_steps: int = 700
     # DeltaEdit-D: run on its own (`--stages diffusion`), after the GAN stages it needs.
@@ -435,6 +438,10 @@ def train_toy(
         from ..training.mapper import train_mapper
 
         _, s, c = load_codes(codes_dir)
+        bank = c[: budget.bank_size]
+        bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+        with atomic_write(out_dir / "feature_bank.npy") as tmp:
+            np.save(tmp, bank.astype(np.float16))
         result = train_mapper(
             (s, c),
             layout_from_generator(G),
@@ -445,6 +452,7 @@ def train_toy(
             progress=progress,
             device=device,
             delta_noise=budget.mapper_delta_noise,
+            neighbours=budget.mapper_neighbours,
         )
         summary["mapper_loss"] = [result.train_losses[0], result.train_losses[-1]]
         summary["mapper_val_loss"] = result.val_losses[-1] if result.val_losses else None

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TORCH_SUFFIXES = (".pth", ".pt")
 SAFETENSORS_SUFFIX = ".safetensors"
 # Settings that fix the train/validation split; a resumed run must keep them.
-_SPLIT_KEYS = ("n", "seed", "val_fraction")
+_SPLIT_KEYS = ("n", "seed", "val_fraction", "neighbours", "min_distance", "random_fraction")
 
 
 @dataclass
@@ -89,12 +89,26 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 class PairSampler:
-    """Index pairs (i, partner) for step k, a pure function of (seed, k): resumable exactly."""
+    """Index pairs (i, partner) for step k, a pure function of (seed, k): resumable exactly.
 
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int):
+    With a `neighbours` table [n, K] (positions into `indices`, see `neighbour_table`) each pair
+    takes one of i's K nearest partners, except a `random_fraction` of them that keep the authors'
+    uniformly random partner.
+    """
+
+    def __init__(
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        seed: int,
+        neighbours: np.ndarray | None = None,
+        random_fraction: float = 1.0,
+    ):
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
         self.seed = seed
+        self.neighbours = neighbours
+        self.random_fraction = random_fraction
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -109,7 +123,27 @@ class PairSampler:
         positions = (step * slots + slot) * self.batch_size + np.arange(self.batch_size)
         first = np.array([self._perm(int(p // n))[p % n] for p in positions])
         partner = np.random.default_rng([self.seed, 2, step, slot]).integers(0, n, self.batch_size)
+        if self.neighbours is not None:
+            rng = np.random.default_rng([self.seed, 4, step, slot])
+            near = self.neighbours[first, rng.integers(0, self.neighbours.shape[1], self.batch_size)]
+            partner = np.where(rng.random(self.batch_size) < self.random_fraction, partner, near)
         return self.indices[first], self.indices[partner]
+
+
+def neighbour_table(features: torch.Tensor, k: int, min_distance: float, chunk: int = 1024) -> np.ndarray:
+    """[n, k] positions of each row's k nearest rows among unit `features` [n, D], skipping itself
+    and rows closer than `min_distance` (the same image content up to jitter: a delta of noise)."""
+    if not 1 <= k < len(features):
+        raise InputError(f"neighbours must be between 1 and {len(features) - 1}, got {k}")
+    x = features.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    rows = []
+    for start in range(0, len(x), chunk):
+        distance = torch.cdist(x[start : start + chunk], x)
+        distance[distance < min_distance] = float("inf")
+        distance[torch.arange(len(distance)), torch.arange(start, start + len(distance))] = float("inf")
+        rows.append(distance.topk(k, largest=False).indices)
+    return torch.cat(rows).numpy()
 
 
 def validation_pairs(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,11 +315,17 @@ def train_mapper(
     accelerator=None,
     device: str | torch.device | None = None,
     delta_noise: float = 0.0,
+    neighbours: int = 0,
+    min_distance: float = 0.25,
+    random_fraction: float = 0.5,
 ) -> TrainResult:
     """Train a DeltaMapper for `steps` optimiser steps in total (a resumed run continues to `steps`).
 
     `codes` is a codes folder (`make_codes`) or a pair of arrays (S [N, total], CLIP [N, D]).
     `delta_noise` > 0 perturbs the training deltas (`noisy_delta`); 0 is the authors' objective.
+    `neighbours` > 0 pairs codes with one of their nearest codes in CLIP space (farther than
+    `min_distance`) except a `random_fraction` of random partners (`PairSampler`); 0 is the
+    authors' random partners.
     With an accelerate `accelerator` every process draws its own batch (global batch = B x
     processes); otherwise training runs on `device` (default CPU).
     """
@@ -296,6 +336,11 @@ def train_mapper(
         raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
     if delta_noise < 0:
         raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
+    if neighbours < 0 or min_distance < 0 or not 0 <= random_fraction <= 1:
+        raise InputError(
+            "neighbours and min_distance must be >= 0 and random_fraction between 0 and 1"
+            f" (got {neighbours}, {min_distance}, {random_fraction})"
+        )
     s, c = _as_arrays(codes)
     if s.shape[1] != layout.total:
         raise InputError(
@@ -312,9 +357,15 @@ def train_mapper(
         "val_fraction": float(val_fraction),
         "batch_size": int(batch_size),
         "delta_noise": float(delta_noise),
+        "neighbours": int(neighbours),
+        "min_distance": float(min_distance),
+        "random_fraction": float(random_fraction),
     }
     train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
-    sampler = PairSampler(train_idx, batch_size, seed)
+    table = None
+    if neighbours:
+        table = neighbour_table(c[torch.from_numpy(train_idx)], neighbours, min_distance)
+    sampler = PairSampler(train_idx, batch_size, seed, table, random_fraction if neighbours else 1.0)
     val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
 
     torch.manual_seed(seed)  # same initial weights for the same seed
