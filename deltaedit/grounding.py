@@ -66,7 +66,10 @@ def load_feature_bank(path, clip_dim: int | None = None) -> FeatureBank:
         raise WeightsError(f"{path} must hold a float matrix [N, D], got {features.dtype} {features.shape}")
     if clip_dim is not None and features.shape[1] != clip_dim:
         raise WeightsError(f"{path} holds {features.shape[1]}-d features; this CLIP has {clip_dim}")
-    return FeatureBank(torch.from_numpy(features.astype(np.float32)))
+    try:
+        return FeatureBank(torch.from_numpy(features.astype(np.float32)))
+    except InputError as exc:  # a bad file is a weights problem, not the caller's input
+        raise WeightsError(f"{path}: {exc}; delete it and retry") from exc
 
 
 class FeatureBank:

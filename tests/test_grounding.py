@@ -119,6 +119,9 @@ def test_load_feature_bank_reads_npy_and_refuses_bad_files(tmp_path):
     torch.testing.assert_close(bank.features.norm(dim=1), torch.ones(40))
     with pytest.raises(WeightsError, match="8-d features"):
         load_feature_bank(tmp_path / "bank.npy", clip_dim=16)
+    np.save(tmp_path / "nan.npy", np.full((40, 8), np.nan, dtype=np.float32))
+    with pytest.raises(WeightsError, match="NaN"):
+        load_feature_bank(tmp_path / "nan.npy")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(WeightsError, match="not a readable"):
         load_feature_bank(tmp_path / "objects.npy")
