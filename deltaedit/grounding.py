@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, WeightsError
+from .weights import load_npy_matrix
 
 # Principal subspace kept for step 1 (fraction of the bank's feature variance).
 DEFAULT_VARIANCE = 0.995
@@ -56,14 +57,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def load_feature_bank(path, clip_dim: int | None = None) -> FeatureBank:
     """A FeatureBank from an .npy matrix [N, D] of CLIP image features (no pickles)."""
     path = Path(path)
-    try:
-        features = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise WeightsError(
-            f"{path} is not a readable .npy feature bank ({exc}); delete it and retry"
-        ) from exc
-    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-        raise WeightsError(f"{path} must hold a float matrix [N, D], got {features.dtype} {features.shape}")
+    features = load_npy_matrix(path, "feature bank", "N, D")
     if clip_dim is not None and features.shape[1] != clip_dim:
         raise WeightsError(f"{path} holds {features.shape[1]}-d features; this CLIP has {clip_dim}")
     try:
@@ -142,7 +136,7 @@ class FeatureBank:
 
     def _split(self, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         along = (self.features - self.mean) @ _unit(direction)
-        upper = _upper_cluster(along)
+        upper = along >= _two_means_cut(along)  # the upper of two 1-D clusters
         n_upper = int(upper.sum())
         if n_upper < MIN_CLUSTER or len(along) - n_upper < MIN_CLUSTER:
             return None
@@ -169,11 +163,6 @@ class FeatureBank:
                 continue
             rows.append(sum(h @ (h.T @ (target - image)) for target, h in found))
         return torch.stack(rows).to(device=delta_t.device, dtype=delta_t.dtype)
-
-
-def _upper_cluster(values: torch.Tensor) -> torch.Tensor:
-    """Mask of the upper of two clusters of 1-D `values` (2-means started from the extremes)."""
-    return values >= _two_means_cut(values)
 
 
 def _two_means_cut(values: torch.Tensor) -> torch.Tensor:

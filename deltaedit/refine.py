@@ -14,10 +14,11 @@ grounded delta g says where the edit's feature should land, and
     loss(e) = |Δi(e) − g|²,   g = ground(Δt, î(G(s)))
 
 asks for the attribute swap and for nothing else to move (on the toy domain, `eval --n 50`:
-preservation 0.87 -> 0.9x at the same success; README). Adam starts from the mapper's e and moves
-only the channels the relevance selection kept, so the refinement corrects the mapper's
-prediction rather than replacing it (as StyleCLIP's latent optimisation would). Each step decodes and backpropagates through the generator and CLIP once
-per target: cheap at 64 px, a GPU job at 1024 px.
+success 0.84 -> 0.93 and preservation 0.87 -> 0.91 with 20 steps; README). Adam starts from the
+mapper's e and moves only the channels the relevance selection kept, so the refinement corrects
+the mapper's prediction rather than replacing it (as StyleCLIP's latent optimisation would).
+Each step decodes and backpropagates through the generator and CLIP once per target: cheap at
+64 px, a GPU job at 1024 px.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, WeightsError
+from .weights import load_npy_matrix
 
 DEFAULT_THRESHOLD = 0.03
 # Per-sample feature differences below this length (features have unit length) are float noise.
@@ -49,14 +50,7 @@ def select_channels(fs3, delta_t, threshold: float = DEFAULT_THRESHOLD):
 def load_fs3(path, n_channels: int | None = None, clip_dim: int | None = None) -> np.ndarray:
     """fs3 [S, D] float32 from a .npy file (no pickles), optionally checking its shape."""
     path = Path(path)
-    try:
-        fs3 = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise WeightsError(
-            f"{path} is not a readable .npy relevance matrix ({exc}); delete it and retry"
-        ) from exc
-    if fs3.ndim != 2 or not np.issubdtype(fs3.dtype, np.floating):
-        raise WeightsError(f"{path} must hold a float matrix [S, D], got {fs3.dtype} {fs3.shape}")
+    fs3 = load_npy_matrix(path, "relevance matrix", "S, D")
     expected = (n_channels or fs3.shape[0], clip_dim or fs3.shape[1])
     if fs3.shape != expected:
         raise WeightsError(

@@ -32,6 +32,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import InputError, WeightsError
@@ -507,6 +508,19 @@ def missing_message(tag: str, reason: str, weights_dir=None) -> str:
 
 
 # ---- reading ---------------------------------------------------------------------------------
+def load_npy_matrix(path, what: str, axes: str) -> np.ndarray:
+    """A float matrix from a .npy file, never unpickled; `what` and `axes` ("S, D") name it in
+    the WeightsError a missing, unreadable or non-matrix file gets."""
+    path = Path(path)
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise WeightsError(f"{path} is not a readable .npy {what} ({exc}); delete it and retry") from exc
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+        raise WeightsError(f"{path} must hold a float matrix [{axes}], got {matrix.dtype} {matrix.shape}")
+    return matrix
+
+
 def load_torch_file(path) -> object:
     """`torch.load(weights_only=True)` on CPU; missing, corrupt or code-carrying files -> WeightsError."""
     path = Path(path)
