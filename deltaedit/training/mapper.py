@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pth", ".pt")
 SAFETENSORS_SUFFIX = ".safetensors"
-# Settings that fix the train/validation split; a resumed run must keep them.
+# Settings that fix the train/validation split and the pairs; a resumed run must keep them.
 _SPLIT_KEYS = ("n", "seed", "val_fraction", "neighbours", "min_distance", "random_fraction")
 
 
