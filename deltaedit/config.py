@@ -55,6 +55,33 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class EditDefaults:
+    """What an edit uses when its caller gives None (the authors' FFHQ values unless a config says)."""
+
+    strength: float = 1.0
+    threshold: float = 0.03
+    refine_steps: int = 0
+
+
+BACKBONES = ("gan", "diffusion")
+
+
+def _parse_edit_defaults(raw: dict) -> dict[str, EditDefaults]:
+    """`"edit_defaults": {"gan": {...}, "diffusion": {...}}`; keys other than backbones are refused."""
+    unknown = set(raw) - set(BACKBONES)
+    if unknown:
+        raise ValueError(f"edit_defaults names unknown backbones {sorted(unknown)}; use {list(BACKBONES)}")
+    return {
+        backbone: EditDefaults(
+            strength=float(values.get("strength", 1.0)),
+            threshold=float(values.get("threshold", 0.03)),
+            refine_steps=int(values.get("refine_steps", 0)),
+        )
+        for backbone, values in raw.items()
+    }
+
+
+@dataclass(frozen=True)
 class DomainConfig:
     id: str
     label: str
@@ -68,10 +95,13 @@ class DomainConfig:
     truncation: float = 0.7
     example_prompts: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
-    # Strength, disentanglement threshold and refinement steps of an edit whose caller gives none.
-    default_strength: float = 1.0
-    default_threshold: float = 0.03
-    default_refine_steps: int = 0
+    # backbone id ("gan", "diffusion") -> the strength, threshold and refinement steps of an edit
+    # whose caller gives none; a backbone the config does not name gets `EditDefaults()`.
+    edit_defaults: dict[str, EditDefaults] = field(default_factory=dict)
+
+    def defaults_for(self, backbone: str) -> EditDefaults:
+        """The edit defaults of `backbone` in this domain."""
+        return self.edit_defaults.get(backbone, EditDefaults())
 
     @property
     def samples_by_rendering(self) -> bool:
@@ -111,9 +141,7 @@ def _parse(raw: dict) -> DomainConfig:
         truncation=raw.get("truncation", 0.7),
         example_prompts=tuple(raw.get("example_prompts", ())),
         extra=dict(raw.get("extra", {})),
-        default_strength=float(raw.get("edit_defaults", {}).get("strength", 1.0)),
-        default_threshold=float(raw.get("edit_defaults", {}).get("threshold", 0.03)),
-        default_refine_steps=int(raw.get("edit_defaults", {}).get("refine_steps", 0)),
+        edit_defaults=_parse_edit_defaults(raw.get("edit_defaults", {})),
     )
 
 

@@ -67,10 +67,10 @@ def neutral_text(domain: str) -> str:
     return load_domain_config(check_domain(domain)).neutral_text
 
 
-def edit_defaults(domain: str) -> tuple[float, float]:
-    """(strength, threshold) an edit in `domain` uses when the caller gives none."""
-    cfg = load_domain_config(check_domain(domain))
-    return cfg.default_strength, cfg.default_threshold
+def edit_defaults(domain: str, backbone: str = "gan") -> tuple[float, float]:
+    """(strength, threshold) a `backbone` edit in `domain` uses when the caller gives none."""
+    defaults = load_domain_config(check_domain(domain)).defaults_for(backbone)
+    return defaults.strength, defaults.threshold
 
 
 def example_prompts(domain: str) -> list[str]:

@@ -165,9 +165,11 @@ def test_edits_without_strength_or_threshold_take_the_domain_s_defaults():
     from deltaedit.toy.render import render_batch
 
     toy, ffhq = config.load_domain_config("toy"), config.load_domain_config("ffhq")
-    assert (ffhq.default_strength, ffhq.default_threshold) == (1.0, 0.03)  # the authors'
-    assert (toy.default_strength, toy.default_threshold, toy.default_refine_steps) == (0.85, 0.1, 20)
-    assert ffhq.default_refine_steps == 0
+    authors = ffhq.defaults_for("gan")
+    assert (authors.strength, authors.threshold, authors.refine_steps) == (1.0, 0.03, 0)
+    assert ffhq.defaults_for("diffusion") == authors
+    toy_gan = toy.defaults_for("gan")
+    assert (toy_gan.strength, toy_gan.threshold, toy_gan.refine_steps) == (0.85, 0.1, 20)
     images, _ = render_batch(1, 4)
     result = load_editor("toy", backbone="gan").edit(image=images[0], align=False, targets="face with bangs")
     assert (result.strength, result.threshold) == (0.85, 0.1) and "refine" in result.timings

@@ -83,7 +83,15 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         time_embedding_dim: int | None = None,
         style_hidden_dim: int | None = None,
         dropout: float = 0.0,
+        render_channels: int = 0,
+        time_scale_shift: str = "scale_shift",
+        unet_extra: dict | None = None,
     ):
+        """`render_channels`: channels of a conditioning image (the generator's rendering R(s) of the
+        same style code) concatenated to the noisy sample at the input; 0 for none. `time_scale_shift`:
+        diffusers' `resnet_time_scale_shift` ("scale_shift" is AdaGN; "default" adds the embedding,
+        as public DDPMs were trained). `unet_extra`: further `UNet2DModel` keywords (e.g. `norm_eps`,
+        `freq_shift`), so a public model's exact architecture can be rebuilt and fine-tuned."""
         super().__init__()
         if sample_size % patch_size:
             raise InputError(f"sample_size {sample_size} is not a multiple of patch_size {patch_size}")
@@ -91,7 +99,7 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
         self.unet = UNet2DModel(
             sample_size=sample_size // patch_size,
-            in_channels=in_channels * patch_size**2,
+            in_channels=(in_channels + render_channels) * patch_size**2,
             out_channels=in_channels * patch_size**2,
             block_out_channels=tuple(block_out_channels),
             down_block_types=tuple(down_block_types),
@@ -101,9 +109,10 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups,
             dropout=dropout,
             time_embedding_dim=time_embed_dim,
-            resnet_time_scale_shift="scale_shift",
+            resnet_time_scale_shift=time_scale_shift,
             # "identity": the projected style is added to the time embedding as-is.
             class_embed_type="identity",
+            **(unet_extra or {}),
         )
         hidden = style_hidden_dim or time_embed_dim
         self.style_proj = nn.Sequential(
@@ -157,19 +166,38 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         return self.style_proj(z.to(self.dtype))
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        style: torch.Tensor,
+        render: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`sample` [B, C, H, W], `timestep` scalar or [B], `style` [B, S] -> predicted noise [B, C, H, W]."""
+        """`sample` [B, C, H, W], `timestep` scalar or [B], `style` [B, S] and, for a model with
+        `render_channels`, `render` [B, render_channels, H, W] -> predicted noise [B, C, H, W]."""
         if style.ndim != 2 or style.shape[1] != self.config.style_dim:
             raise InputError(f"style code must be [B, {self.config.style_dim}], got {tuple(style.shape)}")
         if style.shape[0] != sample.shape[0]:
             raise InputError(f"batch mismatch: {sample.shape[0]} images but {style.shape[0]} style codes")
-        return self.denoise(sample, timestep, style)
+        extra = self.config.render_channels
+        if extra:
+            want = (sample.shape[0], extra, *sample.shape[2:])
+            if render is None or tuple(render.shape) != want:
+                got = None if render is None else tuple(render.shape)
+                raise InputError(f"this model needs the generator's rendering {want} as `render`, got {got}")
+        elif render is not None:
+            raise InputError("this model takes no `render` input (render_channels is 0)")
+        return self.denoise(sample, timestep, style, render)
 
     def denoise(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int, style: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        style: torch.Tensor,
+        render: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` without its input checks: pure tensor code, so it can be traced (`TracedUNet`)."""
+        if render is not None:
+            sample = torch.cat([sample, render.to(sample.dtype)], dim=1)
         p = self.config.patch_size
         x = F.pixel_unshuffle(sample, p) if p > 1 else sample
         out = self.unet(x, timestep, class_labels=self.embed_style(style)).sample

@@ -76,9 +76,11 @@ class DiffusionEditor:
     ) -> EditResult:
         t0 = time.perf_counter()
         gan = self.gan
-        targets, source_text, strength, threshold = gan.resolve_request(targets, source, strength, threshold)
+        targets, source_text, strength, threshold = gan.resolve_request(
+            targets, source, strength, threshold, backbone="diffusion"
+        )
         steps = check_whole_number("steps", steps, STEPS_RANGE)
-        refine_steps = gan.resolve_refine_steps(refine_steps)
+        refine_steps = gan.resolve_refine_steps(refine_steps, backbone="diffusion")
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)

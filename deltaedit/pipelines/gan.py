@@ -299,19 +299,24 @@ class GanEditor:
         delta_s[delta_t.norm(dim=-1) == 0] = 0  # target == source: no edit, never NaN
         return delta_s
 
-    def resolve_request(self, targets, source, strength, threshold) -> tuple[list[str], str, float, float]:
-        """Validated (targets, source text, strength, threshold); None: the domain's default."""
+    def resolve_request(
+        self, targets, source, strength, threshold, backbone: str = "gan"
+    ) -> tuple[list[str], str, float, float]:
+        """Validated (targets, source text, strength, threshold); None: the domain's default for
+        `backbone` (DeltaEdit-D shares this editor's models but has defaults of its own)."""
         targets = normalise_targets(targets)
-        strength = self.config.default_strength if strength is None else strength
-        threshold = self.config.default_threshold if threshold is None else threshold
+        defaults = self.config.defaults_for(backbone)
+        strength = defaults.strength if strength is None else strength
+        threshold = defaults.threshold if threshold is None else threshold
         strength = check_number("strength", strength, STRENGTH_RANGE)
         threshold = check_number("threshold", threshold, THRESHOLD_RANGE)
         source_text = (source or "").strip() or self.config.neutral_text
         return targets, source_text, strength, threshold
 
-    def resolve_refine_steps(self, refine_steps) -> int:
-        """Validated refinement steps; None: the domain's default."""
-        return check_refine_steps(self.config.default_refine_steps if refine_steps is None else refine_steps)
+    def resolve_refine_steps(self, refine_steps, backbone: str = "gan") -> int:
+        """Validated refinement steps; None: the domain's default for `backbone`."""
+        default = self.config.defaults_for(backbone).refine_steps
+        return check_refine_steps(default if refine_steps is None else refine_steps)
 
     def refined_style_deltas(
         self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
