@@ -28,14 +28,17 @@ import random
 import reprlib
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 import PIL.Image
 import torch
+from starlette.middleware import Middleware
 
 from deltaedit import service
 from deltaedit.errors import DeltaEditError
+from deltaedit.upload_guard import ServerPathGuard
 
 log = logging.getLogger("deltaedit.app")
 
@@ -51,6 +54,13 @@ DEFAULT_DOMAIN = "toy"
 # both down. CUDA: two, so one request's CPU pre/post-processing overlaps another's GPU work.
 CONCURRENCY = int(os.environ.get("DELTAEDIT_CONCURRENCY", "2" if torch.cuda.is_available() else "1"))
 QUEUE_SIZE = int(os.environ.get("DELTAEDIT_QUEUE_SIZE", "32"))
+# Uploads larger than this are refused by Gradio's upload route (a 12 MP JPEG is about 8 MB).
+MAX_UPLOAD = os.environ.get("DELTAEDIT_MAX_UPLOAD", "20mb")
+
+
+def upload_folder() -> str:
+    """Where Gradio stores uploads (and its cache): the only folder file inputs may name."""
+    return os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
 
 
 def on_gpu(duration: int):
@@ -432,4 +442,10 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Only the example photos and the precomputed DeltaSpace pictures may be served from disk (uploads
     # and results live in Gradio's temp cache); weights and code under assets/ or the repo stay private.
-    demo.launch(allowed_paths=[str(EXAMPLES_DIR), str(service.CACHED_REPORT_DIR)], css=CSS)
+    demo.launch(
+        allowed_paths=[str(EXAMPLES_DIR), str(service.CACHED_REPORT_DIR)],
+        css=CSS,
+        max_file_size=MAX_UPLOAD,
+        # Before Gradio sees a request: file inputs take uploads only, never a server path.
+        app_kwargs={"middleware": [Middleware(ServerPathGuard, upload_dir=upload_folder())]},
+    )

@@ -3,7 +3,8 @@
 Two checks, both against a server on this machine only:
 
 * hostile input (`hostile_cases`, `run_case`): broken, odd or oversized photos, prompts and
-  numbers. Each case expects a clear error or a sensible result; after each the server must still
+  numbers; and server paths named instead of uploads (`run_server_paths`, raw JSON to every
+  public endpoint), which must be refused at once with nothing copied. Each case expects a clear error or a sensible result; after each the server must still
   answer and, when we launched it ourselves (`launch_app`), nothing may be written outside its
   temp folders and a refused request may leave no download file behind.
 * load (`run_load`): N concurrent edits; every request must be answered or told that the queue is
@@ -336,6 +337,114 @@ def hostile_cases(files: dict[str, Path]) -> list[Case]:
     ]
 
 
+# ---------------------------------------------------------------- server paths instead of uploads
+
+# Each public endpoint's inputs in order; the image goes where `None` stands.
+SERVER_PATH_ENDPOINTS = {
+    "/edit_gan": ["toy", None, "face", "face with smile", 1.0, 0.03, 0, True],
+    "/edit_diffusion": ["toy", None, "face", "face with smile", 1.0, 0.03, 5, 0, True],
+    "/compare": ["toy", None, "face", "face with smile", 1.0, 0.03, 5, 0, True],
+}
+BIG_FILE_BYTES = 150 * 2**20
+
+
+def server_path_targets(work: Path, upload_dir: Path | None = None) -> dict[str, str]:
+    """Paths on this machine that a hostile caller could name instead of uploading a file.
+
+    `work` receives a sparse 150 MB file and a FIFO; with the server's `upload_dir`, a symlink
+    planted inside it that points outside (as a local attacker or a bug could leave one).
+    """
+    import matplotlib
+
+    work.mkdir(parents=True, exist_ok=True)
+    big = work / "big-150mb.bin"
+    with big.open("wb") as f:
+        f.truncate(BIG_FILE_BYTES)  # sparse: no real disk use
+    fifo = work / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    # A readable image outside every temp folder and the working directory.
+    server_image = Path(matplotlib.get_data_path()) / "images" / "matplotlib.png"
+    targets = {
+        "/etc/passwd": "/etc/passwd",
+        "server image": str(server_image),
+        "150 MB file": str(big),
+        "/dev/zero": "/dev/zero",
+        "/proc/self/environ": "/proc/self/environ",
+        "FIFO": str(fifo),
+        "file:// URL": "file:///etc/passwd",
+        "http URL": "http://127.0.0.1:9/face.png",
+        "'..' segments": f"{upload_dir or tempfile.gettempdir()}/../../etc/passwd",
+        "relative path": "assets/toy/generator.safetensors",
+    }
+    if upload_dir is not None:
+        planted = upload_dir / "deltaedit-hostile-link"
+        planted.mkdir(parents=True, exist_ok=True)
+        link = planted / "face.png"
+        if not link.is_symlink():
+            link.symlink_to(server_image)
+        targets["symlink out of the upload folder"] = str(link)
+    return targets
+
+
+def _files_under(folder: Path | None) -> set[str]:
+    return {str(p) for p in folder.rglob("*")} if folder is not None and folder.is_dir() else set()
+
+
+def run_server_path_case(
+    url: str, api_name: str, name: str, path: str, bare: bool, cache_dir: Path | None = None
+) -> CaseResult:
+    """POST an API call whose image names `path` (as FileData, or `bare`: just {"path": ...}).
+
+    Sent as raw JSON: gradio_client would read a local path itself and upload the file, which is
+    the caller's own file, not the server's. Passes when the server answers at once with the
+    refusal message and nothing new appears in its cache folder.
+    """
+    import json
+
+    from .upload_guard import REFUSED_MESSAGE
+
+    image = {"path": path} if bare else {"path": path, "meta": {"_type": "gradio.FileData"}}
+    data = [image if value is None else value for value in SERVER_PATH_ENDPOINTS[api_name]]
+    request = urllib.request.Request(
+        f"{check_local_url(url)}gradio_api/call{api_name}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    before = _files_under(cache_dir)
+    t0 = time.perf_counter()
+    status, text = 0, ""
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read(2000).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read(2000).decode(errors="replace")
+    except (urllib.error.URLError, TimeoutError) as exc:
+        text = f"no answer: {exc}"
+    seconds = time.perf_counter() - t0
+    problem = ""
+    if status != 400 or REFUSED_MESSAGE not in text:
+        problem = f"not refused (HTTP {status}): {text[:160]}"
+    elif seconds > 5:
+        problem = f"refused only after {seconds:.1f} s"
+    elif new := _files_under(cache_dir) - before:
+        problem = f"files appeared in the cache: {sorted(new)[:3]}"
+    label = f"{name} {'bare' if bare else 'FileData'} -> {api_name}"
+    outcome = "error" if status == 400 else ("lost" if not status else "ok")
+    return CaseResult(label, "server path", not problem, outcome, problem or REFUSED_MESSAGE, seconds)
+
+
+def run_server_paths(url: str, work: Path, upload_dir: Path | None = None) -> list[CaseResult]:
+    """Every server-path target against every public endpoint, as FileData and as a bare dict."""
+    targets = server_path_targets(work, upload_dir)
+    return [
+        run_server_path_case(url, api_name, name, path, bare, upload_dir)
+        for api_name in SERVER_PATH_ENDPOINTS
+        for name, path in targets.items()
+        for bare in (False, True)
+    ]
+
+
 @dataclass
 class CaseResult:
     name: str
@@ -409,7 +518,10 @@ def run_hostile(url: str, app: LaunchedApp | None = None, timeout_s: float = 120
                 "ok",
             )
         )
-        return [run_case(client, case, app, timeout_s) for case in cases]
+        results = [run_case(client, case, app, timeout_s) for case in cases[:-1]]
+        results += run_server_paths(url, work / "server-paths", app.tmp / "gradio" if app else None)
+        # The ordinary edit comes last: the server still works after all of it.
+        return results + [run_case(client, cases[-1], app, timeout_s)]
 
 
 # ---------------------------------------------------------------- load

@@ -99,12 +99,72 @@ def _raw_call(url: str, api_name: str, data: list) -> str:
         return response.read().decode()
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "app.py", "assets/examples/toy_black_hair.png"])
-def test_server_side_files_cannot_be_used_as_input(app_url, path):  # noqa: F811
-    full = path if path.startswith("/") else str(REPO / path)
-    file_data = {"path": full, "meta": {"_type": "gradio.FileData"}}
-    answer = _raw_call(app_url, "edit_gan", ["toy", file_data, "face", "face with smile", 1.0, 0.03, 0, True])
-    assert "event: error" in answer and "event: complete" not in answer
+@pytest.mark.parametrize("api_name", list(reliability.SERVER_PATH_ENDPOINTS))
+def test_server_paths_are_refused_at_once_and_nothing_is_copied(app_url, api_name, tmp_path):  # noqa: F811
+    cache = shared_server().workdir / "gradio"  # the server's GRADIO_TEMP_DIR: uploads and cache
+    targets = reliability.server_path_targets(tmp_path, cache)
+    assert {"/etc/passwd", "server image", "150 MB file", "/dev/zero", "symlink out of the upload folder"} <= set(
+        targets
+    )
+    results = [
+        reliability.run_server_path_case(app_url, api_name, name, path, bare, cache)
+        for name, path in targets.items()
+        for bare in (False, True)
+    ]
+    failures = [f"{r.name}: {r.detail}" for r in results if not r.passed]
+    assert not failures, "\n".join(failures)
+    assert max(r.seconds for r in results if "/dev/zero" in r.name) < 5
+
+
+@pytest.mark.parametrize(
+    ("api_name", "extra"),
+    [("/edit_gan", {}), ("/edit_diffusion", {"steps": 5}), ("/compare", {"steps": 5})],
+)
+def test_a_real_upload_still_works_on_every_endpoint(api, api_name, extra):
+    from gradio_client import handle_file
+
+    client, _ = api
+    photo = REPO / "assets" / "examples" / "toy_black_hair.png"
+    answer = client.predict(
+        **reliability.EDIT, image=handle_file(photo), target="face with smile", api_name=api_name, **extra
+    )
+    assert "DeltaEdit" in str(answer[-1])  # the summary of a finished edit
+
+
+def test_uploads_over_the_size_limit_are_refused_and_not_kept(app_url):  # noqa: F811
+    import httpx
+
+    cache = shared_server().workdir / "gradio"
+    before = {str(p) for p in cache.rglob("*") if p.is_file()}
+    big = b"\0" * (21 * 2**20)  # over the app's 20 MB limit (DELTAEDIT_MAX_UPLOAD)
+    answer = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("big.png", big, "image/png")}, timeout=60)
+    assert answer.status_code == 413 and "max" in answer.text.lower(), (answer.status_code, answer.text[:200])
+    assert {str(p) for p in cache.rglob("*") if p.is_file()} == before
+    small = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("ok.png", b"x" * 1000, "image/png")})
+    assert small.status_code == 200 and small.json()[0].startswith(str(cache))
+
+
+def test_plain_gradio_still_opens_a_bare_server_path():
+    """Why ServerPathGuard exists (docs/security.md): a plain gr.Image app on the installed Gradio
+    opens a caller-named server image given as {"path": ...} without FileData meta. When this test
+    fails, Gradio refuses such paths itself: tell docs/security.md, and the guard may be dropped."""
+    import gradio as gr
+    import matplotlib
+
+    server_image = str(Path(matplotlib.get_data_path()) / "images" / "matplotlib.png")
+    with gr.Blocks() as demo:
+        image, size = gr.Image(type="pil"), gr.Textbox()
+        gr.Button().click(lambda im: f"{im.size[0]}x{im.size[1]}", image, size, api_name="size")
+    port = reliability.free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with_meta = _raw_call(url, "size", [{"path": server_image, "meta": {"_type": "gradio.FileData"}}])
+        bare = _raw_call(url, "size", [{"path": server_image}])
+    finally:
+        demo.close()
+    assert "event: error" in with_meta  # Gradio's own check covers FileData payloads
+    assert "event: complete" in bare, "Gradio now refuses bare server paths itself (see docs/security.md)"
 
 
 def test_only_the_examples_are_served_from_disk(app_url):  # noqa: F811
