@@ -179,9 +179,17 @@ def tensors_to_pils(batch: torch.Tensor, value_range: tuple[float, float] = (-1.
     the tensor's device: from a GPU, one copy of uint8 pixels instead of four times as many floats."""
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected an image batch [B, 3, H, W]; got shape {tuple(batch.shape)}")
+    return pixels_to_pils(tensors_to_pixels(batch, value_range))
+
+
+def tensors_to_pixels(batch: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """[B, 3, H, W] -> host uint8 [B, H, W, 3], rounded on the tensor's device (one small copy)."""
     low, high = value_range
     x = (batch.detach().float().clamp(low, high) - low) / max(high - low, 1e-5)
-    pixels = x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def pixels_to_pils(pixels: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(p, "RGB") for p in pixels]
 
 

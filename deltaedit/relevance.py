@@ -47,6 +47,19 @@ def select_channels(fs3, delta_t, threshold: float = DEFAULT_THRESHOLD):
     return np.abs(np.asarray(fs3, dtype=np.float32) @ np.asarray(delta_t, dtype=np.float32)) >= threshold
 
 
+def select_channels_batch(fs3: torch.Tensor, delta_t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`select_channels` for T deltas at once: boolean [T, S] from fs3 [S, D] and Δt [T, D], in one
+    matmul on fs3's device (on a GPU the masks never travel to the host)."""
+    if threshold < 0:
+        raise InputError(f"threshold must be >= 0, got {threshold}")
+    if fs3.ndim != 2 or delta_t.ndim != 2 or fs3.shape[1] != delta_t.shape[1]:
+        raise InputError(
+            f"relevance needs fs3 [S, D] and Δt [T, D]; got {tuple(fs3.shape)} and {tuple(delta_t.shape)}"
+        )
+    dt = delta_t.to(device=fs3.device, dtype=torch.float32)
+    return (dt @ fs3.float().T).abs() >= threshold
+
+
 def load_fs3(path, n_channels: int | None = None, clip_dim: int | None = None) -> np.ndarray:
     """fs3 [S, D] float32 from a .npy file (no pickles), optionally checking its shape."""
     path = Path(path)

@@ -61,3 +61,34 @@ def test_bench_gan_part_reports_edit_and_re_edit_rows(capsys):
     edit = next(n for n in rows if n.startswith("one edit"))
     assert float(rows[edit][0]) > 0 and float(rows[edit][1]) > 0
     assert float(rows["re-edit, other strength/threshold"][0]) < float(rows[edit][1])
+
+
+def test_times_are_medians_and_the_stage_breakdown_names_every_stage(monkeypatch):
+    from types import SimpleNamespace
+
+    from deltaedit import bench
+
+    ticks = iter([0.0, 1.0, 1.0, 1.5, 1.5, 9.5])  # calls of 1.0, 0.5 and 8.0 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    assert bench._time(lambda: None, repeat=3) == 1.0  # the median, not the best or the mean
+    runs = [
+        SimpleNamespace(timings={"text": 0.001 * k, "mapper": 0.002, "decode": 0.01, "transfer": 0.003,
+                                 "pil": 0.004, "total": 0.02 + 0.001 * k})
+        for k in (1, 2, 9)
+    ]
+    total, parts = bench.stage_breakdown(runs)
+    assert total == pytest.approx(0.022)
+    assert parts == "text 2.0 · mapper 2.0 · decode 10.0 · transfer 3.0 · pil 4.0 ms"
+
+
+@pytest.mark.gpu
+def test_bench_gan_on_a_gpu_prints_medians_and_the_stage_row(capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    assert cli.main(["bench", "--device", "cuda", "--only", "gan"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert any(n.startswith("GPU: one edit, warm (median of") for n in rows)
+    stage = rows["GPU: one edit by stage (synced)"]
+    assert all(k in stage[5] for k in ("text", "mapper", "decode", "transfer", "pil"))

@@ -366,3 +366,25 @@ def test_truncated_weight_file_is_weights_error(tiny_ffhq, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(WeightsError, match=MAPPER_FILE):
         editor_for(tiny_ffhq, folder)
+
+
+def test_timings_cover_every_stage_and_the_source_picture_is_made_once(tiny_ffhq, monkeypatch):
+    import deltaedit.pipelines.gan as gan
+
+    editor = editor_for(tiny_ffhq)
+    codes = editor.encode_latents(tiny_latents(tiny_ffhq, seed=31))
+    converted = []
+    real = gan.tensors_to_pixels
+    monkeypatch.setattr(gan, "tensors_to_pixels", lambda x: converted.append(x.shape[0]) or real(x))
+    first = editor.edit(codes=codes, targets=["face with smile"], threshold=0.0)
+    second = editor.edit(codes=codes, targets=["face with smile", "old face"], threshold=0.0)
+    stages = {"encode", "text", "mapper", "decode", "transfer", "pil"}
+    for result in (first, second):
+        assert stages <= set(result.timings)
+        parts = sum(result.timings[k] for k in stages)
+        assert result.timings["total"] == pytest.approx(parts, abs=5e-3)
+    # The first edit transfers the source with its edit; the re-edit only its two edits.
+    assert converted == [2, 2]
+    assert pixels(second.source_image).tolist() == pixels(first.source_image).tolist()
+    assert second.source_image is not first.source_image  # callers get their own copy
+    assert second.source_image is not codes.image_pil

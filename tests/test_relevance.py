@@ -203,3 +203,22 @@ def test_cli_relevance_takes_codes_folder(captured_codes, tmp_path):
     argv = ["relevance", "--domain", "toy", "--out", str(out), "--codes", str(bad), "--device", "cpu"]
     assert cli.main(argv) == 2
     assert not out.exists()
+
+
+def test_select_channels_batch_equals_one_selection_per_target():
+    from deltaedit.relevance import select_channels_batch
+
+    g = torch.Generator().manual_seed(3)
+    fs3, deltas = torch.randn(300, 16, generator=g) * 0.05, torch.randn(5, 16, generator=g) * 0.3
+    batch = select_channels_batch(fs3, deltas, 0.03)
+    assert batch.shape == (5, 300) and batch.dtype == torch.bool
+    singles = torch.stack([select_channels(fs3, dt, 0.03) for dt in deltas])
+    # The same masks, except where |fs3 · Δt| sits within rounding of the threshold.
+    products = (deltas @ fs3.T).abs()
+    differ = batch != singles
+    assert all(abs(float(p) - 0.03) < 1e-6 for p in products[differ])
+    assert 0 < int(batch.sum()) < batch.numel()
+    with pytest.raises(InputError, match="Δt \\[T, D\\]"):
+        select_channels_batch(fs3, deltas[0], 0.03)
+    with pytest.raises(InputError, match="threshold"):
+        select_channels_batch(fs3, deltas, -0.1)

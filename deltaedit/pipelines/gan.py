@@ -33,11 +33,11 @@ from PIL import Image
 from .. import models
 from ..config import DomainConfig, load_domain_config
 from ..errors import InputError
-from ..imageio import load_image, tensors_to_pils, to_tensor
+from ..imageio import load_image, pixels_to_pils, tensors_to_pixels, to_tensor
 from ..nn.e4e import encode
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 from ..refine import refine_style_deltas
-from ..relevance import select_channels
+from ..relevance import select_channels_batch
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class SourceCodes:
     image: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1], decoded from the unedited S
     input_image: torch.Tensor | None = None  # [1, 3, h, w] in [-1, 1]: the encoder's input (photos)
     notices: list[str] = field(default_factory=list)
+    # `image` as a picture, made by the first edit of this source; later edits hand out copies.
+    image_pil: Image.Image | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -144,6 +146,11 @@ class GanEditor:
         self.mapper = mapper
         self.clip = clip
         self.fs3 = torch.as_tensor(fs3, dtype=torch.float32)
+        # The relevance matmul runs where Δt is: no host round trip per target on a GPU.
+        self._fs3_on_device = self.fs3.to(self.device)
+        # Synchronise the device at each stage boundary so `timings` are per stage (bench sets it;
+        # off by default: a sync costs a GPU edit its overlap with the host).
+        self.sync_timings = False
         self.layout = layout_from_generator(generator)
         self._encoder = encoder
         self._aligner = aligner
@@ -293,9 +300,8 @@ class GanEditor:
             mapper_delta = self.feature_bank.ground(delta_t, codes.clip_feature)
         cond = self.clip.condition(codes.clip_feature.expand(T, -1), mapper_delta)
         delta_s = self.mapper(codes.s.expand(T, -1), cond)
-        # One selection per target: select_channels takes a single Δt [D].
-        keep = torch.stack([select_channels(self.fs3, dt, threshold) for dt in delta_t.float().cpu()])
-        delta_s = delta_s * keep.to(device=self.device, dtype=delta_s.dtype)
+        keep = select_channels_batch(self._fs3_on_device, delta_t.float(), threshold)
+        delta_s = delta_s * keep.to(dtype=delta_s.dtype)
         delta_s[delta_t.norm(dim=-1) == 0] = 0  # target == source: no edit, never NaN
         return delta_s
 
@@ -356,26 +362,20 @@ class GanEditor:
         """`strength`, `threshold`, `refine_steps`: None takes the domain's defaults. `refine_steps`
         > 0 refines the mapper's Δs through the generator and CLIP (not in the paper; see
         `deltaedit.refine`)."""
-        t0 = time.perf_counter()
+        clock = StageClock(self.device if self.sync_timings else None)
         targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
         refine_steps = self.resolve_refine_steps(refine_steps)  # before any model work
         codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
-        timings = {"encode": time.perf_counter() - t0}
-
-        t = time.perf_counter()
+        clock.lap("encode")
         delta_t, notices = self.text_deltas(targets, source_text)
-        timings["text"] = time.perf_counter() - t
-
-        t = time.perf_counter()
+        clock.lap("text")
         delta_s = self.style_deltas(codes, delta_t, threshold)
-        timings["mapper"] = time.perf_counter() - t
+        clock.lap("mapper")
         if refine_steps:
-            t = time.perf_counter()
             delta_s = self.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)
-            timings["refine"] = time.perf_counter() - t
+            clock.lap("refine")
         s_edit = codes.s + strength * delta_s
 
-        t = time.perf_counter()
         # The source is rendered at most once per input; here only when it is still missing.
         batch = s_edit if codes.image is not None else torch.cat([codes.s, s_edit])
         images = decode_s(
@@ -388,8 +388,8 @@ class GanEditor:
         unchanged = (delta_s == 0).all(dim=1)
         if unchanged.any():
             images = torch.where(unchanged.view(-1, 1, 1, 1), codes.image.to(images.dtype), images)
-        timings["decode"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
+        clock.lap("decode")
+        timings = clock.timings
         return make_result(
             codes,
             codes.image,
@@ -419,11 +419,26 @@ def make_result(
     timings,
     input_tensor=None,
 ) -> EditResult:
+    """The EditResult of an edit; adds the "transfer" (device to host bytes) and "pil" timings."""
     notices = list(dict.fromkeys(notices))
     for n in notices:
         log.info("notice: %s", n)
+    is_render = source is codes.image
     source, edits = source.float(), edits.float()  # stay on the editor's device
-    source_image, *edited_images = tensors_to_pils(torch.cat([source, edits]))
+    t = time.perf_counter()
+    # The source's picture is made once per source (re-edits of a face skip its transfer).
+    cached = codes.image_pil if is_render else None
+    pixels = tensors_to_pixels(edits if cached is not None else torch.cat([source, edits]))
+    t_pil = time.perf_counter()
+    pictures = pixels_to_pils(pixels)
+    if cached is None:
+        cached, pictures = pictures[0], pictures[1:]
+        if is_render:
+            codes.image_pil = cached
+    source_image, edited_images = cached.copy(), pictures  # a copy: callers may draw on theirs
+    done = time.perf_counter()
+    timings = {**timings, "transfer": t_pil - t, "pil": done - t_pil}
+    timings["total"] = timings.get("total", 0.0) + done - t
     return EditResult(
         source_image=source_image,
         edited_images=edited_images,
@@ -441,6 +456,24 @@ def make_result(
         edited_tensor=edits,
         input_tensor=input_tensor,
     )
+
+
+class StageClock:
+    """Seconds per named stage of one request, plus "total"; with a CUDA `device` each lap first
+    waits for the GPU, so the time lands on the stage that queued the work."""
+
+    def __init__(self, device: torch.device | None = None):
+        self._sync = device is not None and device.type == "cuda"
+        self._start = self._last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        if self._sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.timings[stage] = now - self._last
+        self.timings["total"] = now - self._start
+        self._last = now
 
 
 @cache
