@@ -22,6 +22,7 @@ COMMANDS = {
     "train-mapper": "train_mapper",
     "relevance": "relevance",
     "train-diffusion": "train_diffusion",
+    "publish-diffusion": "publish_diffusion",
     "toy": "toy",
     "eval": "evaluate",
     "analyze": "analyze",

@@ -63,12 +63,19 @@ class WeightSource:
     packaged: bool = False  # shipped in assets/toy/ (filename relative to it)
     is_dir: bool = False  # a folder (diffusers format) rather than one file
     hub_repo_env: str | None = None  # environment variable that names the hub repo
+    revision_env: str | None = None  # environment variable that pins the hub revision (commit)
+    allow_patterns: tuple[str, ...] | None = None  # for a hub folder: only these files are fetched
     optional: bool = False  # not needed for the domain's main (GAN) path
     unavailable_hint: str = ""  # what to do when there is no source at all
 
     @property
     def repo_id(self) -> str | None:
         return self.hub_repo or (os.environ.get(self.hub_repo_env) if self.hub_repo_env else None) or None
+
+    @property
+    def hub_revision(self) -> str | None:
+        """The pinned revision, else the one the environment names, else None (the default branch)."""
+        return self.revision or (os.environ.get(self.revision_env) if self.revision_env else None) or None
 
     def origin(self) -> str:
         """Human-readable source, for messages."""
@@ -85,9 +92,24 @@ class WeightSource:
 
 
 _D_HINT = (
-    "no DeltaEdit-D weights are published for ffhq; train them with `python -m deltaedit"
-    " train-diffusion --domain ffhq ...`, or set DELTAEDIT_D_FFHQ_REPO to a hub repo holding them,"
-    " or put the diffusers folder as deltaedit-d-ffhq/ in --weights-dir"
+    "no DeltaEdit-D weights are published for ffhq; train them (docs/ffhq-diffusion.md:"
+    " `python -m deltaedit train-diffusion --init google/ddpm-ema-celebahq-256 --data generator"
+    " --domain ffhq ...`), or set DELTAEDIT_D_FFHQ_REPO to a hub repo holding them (published with"
+    " `python -m deltaedit publish-diffusion`), or put the diffusers folder as deltaedit-d-ffhq/ in"
+    " --weights-dir"
+)
+# The files of a DeltaEdit-D weights folder (what `DiffusionBackbone.from_pretrained` reads); a hub
+# repo of one may also hold a model card, samples and logs, which are not downloaded.
+DIFFUSION_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler/*")
+# A public diffusers UNet folder (`train-diffusion --init`): the model at the top or under unet/.
+# Both weight formats are allowed (old repos have only .bin, read with weights_only=True).
+UNET_FILES = (
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.bin",
 )
 _TOY_HINT = "it ships with the repository; rebuild the toy weights with `python -m deltaedit toy train`"
 
@@ -117,13 +139,33 @@ REGISTRY: dict[str, WeightSource] = {
             "shape_predictor_68_face_landmarks.dat",
             hub_repo="public-data/dlib_face_landmark_model",
         ),
+        # FFHQ DeltaEdit-D has no repo yet: the hub repo comes from DELTAEDIT_D_FFHQ_REPO (and a
+        # commit from DELTAEDIT_D_FFHQ_REVISION). Once the project's own repo exists, its id goes in
+        # hub_repo= and the commit that `publish-diffusion` printed in revision= (a 40-hex sha,
+        # never a branch), so every user gets exactly the tested weights.
         WeightSource(
             "deltaedit-d-ffhq",
             "deltaedit-d-ffhq",
             is_dir=True,
             hub_repo_env="DELTAEDIT_D_FFHQ_REPO",
+            revision_env="DELTAEDIT_D_FFHQ_REVISION",
+            allow_patterns=DIFFUSION_FILES,
             optional=True,
             unavailable_hint=_D_HINT,
+        ),
+        # The public face DDPM that `train-diffusion --init` fine-tunes into FFHQ DeltaEdit-D.
+        WeightSource(
+            "ddpm-ema-celebahq-256",
+            "ddpm-ema-celebahq-256",
+            hub_repo="google/ddpm-ema-celebahq-256",
+            is_dir=True,
+            allow_patterns=UNET_FILES,
+            optional=True,
+            unavailable_hint=(
+                "on a machine with internet access run `hf download google/ddpm-ema-celebahq-256"
+                " --local-dir DIR/ddpm-ema-celebahq-256` and pass --weights-dir DIR"
+                " (or --init DIR/ddpm-ema-celebahq-256)"
+            ),
         ),
         WeightSource("toy-generator", "generator.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
         WeightSource("toy-encoder", "encoder.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
@@ -186,7 +228,11 @@ def _hub_cached(src: WeightSource) -> Path | None:
         try:
             return Path(
                 snapshot_download(
-                    src.repo_id, revision=src.revision, cache_dir=_hf_cache(), local_files_only=True
+                    src.repo_id,
+                    revision=src.hub_revision,
+                    cache_dir=_hf_cache(),
+                    local_files_only=True,
+                    allow_patterns=list(src.allow_patterns) if src.allow_patterns else None,
                 )
             )
         except Exception:  # not cached (or a malformed cache)
@@ -194,7 +240,7 @@ def _hub_cached(src: WeightSource) -> Path | None:
 
     try:
         hit = try_to_load_from_cache(
-            src.repo_id, src.hub_filename or src.filename, cache_dir=_hf_cache(), revision=src.revision
+            src.repo_id, src.hub_filename or src.filename, cache_dir=_hf_cache(), revision=src.hub_revision
         )
     except Exception:  # a malformed cache must not stop the lookup
         return None
@@ -358,7 +404,7 @@ def _download_hub(src: WeightSource, target_dir: Path | None, force: bool) -> Pa
     import huggingface_hub
 
     kwargs = dict(
-        revision=src.revision,
+        revision=src.hub_revision,
         endpoint=os.environ.get("HF_ENDPOINT") or None,
         etag_timeout=TIMEOUT,
         force_download=force,
@@ -367,7 +413,12 @@ def _download_hub(src: WeightSource, target_dir: Path | None, force: bool) -> Pa
     try:
         if src.is_dir:
             local = target_dir / src.filename if target_dir else None
-            return Path(huggingface_hub.snapshot_download(src.repo_id, local_dir=local, **kwargs))
+            patterns = list(src.allow_patterns) if src.allow_patterns else None
+            return Path(
+                huggingface_hub.snapshot_download(
+                    src.repo_id, local_dir=local, allow_patterns=patterns, **kwargs
+                )
+            )
         name = src.hub_filename or src.filename
         path = Path(huggingface_hub.hf_hub_download(src.repo_id, name, local_dir=target_dir, **kwargs))
     except Exception as exc:  # httpx / hub errors: all mean "could not get it from the hub"
@@ -437,6 +488,36 @@ def resolve(tag: str, weights_dir=None, download: bool = True, progress: bool = 
     if not download:
         raise WeightsError(missing_message(tag, "downloads are disabled", weights_dir))
     return fetch(tag, progress=progress)
+
+
+def hub_folder_tag(repo_id: str, revision: str | None = None, allow_patterns=UNET_FILES) -> str:
+    """The registry tag of a hub model folder, registering one on the fly for a repo not listed.
+
+    A registered repo keeps its entry (and pinned revision) unless another revision is asked for.
+    The local name is the repo's name: `DIR/<name>/` in a weights dir is found before the hub.
+    """
+    for src in REGISTRY.values():
+        if src.is_dir and src.hub_repo == repo_id and revision in (None, src.revision):
+            return src.tag
+    name = repo_id.rsplit("/", 1)[-1]
+    tag = f"hub:{repo_id}" + (f"@{revision}" if revision else "")
+    REGISTRY.setdefault(
+        tag,
+        WeightSource(
+            tag,
+            name,
+            hub_repo=repo_id,
+            revision=revision,
+            is_dir=True,
+            allow_patterns=tuple(allow_patterns) if allow_patterns else None,
+            optional=True,
+            unavailable_hint=(
+                f"on a machine with internet access run `hf download {repo_id} --local-dir DIR/{name}`"
+                f" and pass the folder DIR/{name} instead (or --weights-dir DIR)"
+            ),
+        ),
+    )
+    return tag
 
 
 def resolve_generator(
