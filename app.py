@@ -9,7 +9,8 @@ GRADIO_SERVER_PORT override it; Spaces set 0.0.0.0). Public API (gradio_client),
     /compare(domain, image, source, target, strength, threshold, steps, seed, align)
     /sample(domain, seed)
 
-`domain` is an id ("toy", "ffhq"); with no `image` the seed draws a random sample.
+`domain` is an id ("toy", "ffhq"); with no `image` the seed draws a random sample. /compare
+returns (input, DeltaEdit-G edit, DeltaEdit-D edit or None, Markdown summary with each one's time).
 """
 
 from __future__ import annotations
@@ -132,12 +133,22 @@ def _edit_outputs(view: service.EditView):
     return before_after, view.gallery, [str(p) for p in view.files], view.summary
 
 
+# Long work reports progress: gradio shows `desc` at once, then follows the library's tqdm bars
+# (DDIM steps, refinement steps, first-use weight downloads with file name and megabytes).
+def _start(progress, what: str) -> None:
+    progress(0, desc=what)
+
+
 @user_errors
-def edit_gan(domain, image, source, target, strength, threshold, seed, align=True):
+def edit_gan(
+    domain, image, source, target, strength, threshold, seed, align=True,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
+):  # fmt: skip
     """DeltaEdit-G: edit `image` (or, with no image, the sample drawn by `seed`) toward each target line.
 
     Returns (before/after pair, gallery of every edit, PNG files, Markdown summary with the time).
     """
+    _start(progress, "DeltaEdit-G: editing")
     return _edit_outputs(
         _gpu_edit(
             "gan",
@@ -154,8 +165,12 @@ def edit_gan(domain, image, source, target, strength, threshold, seed, align=Tru
 
 
 @user_errors
-def edit_diffusion(domain, image, source, target, strength, threshold, steps, seed, align=True):
+def edit_diffusion(
+    domain, image, source, target, strength, threshold, steps, seed, align=True,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
+):  # fmt: skip
     """DeltaEdit-D: the same edit decoded by the style-conditioned diffusion model (`steps` DDIM steps)."""
+    _start(progress, f"DeltaEdit-D: inverting and sampling ({int(steps)} DDIM steps)")
     return _edit_outputs(
         _gpu_edit(
             "diffusion",
@@ -173,21 +188,40 @@ def edit_diffusion(domain, image, source, target, strength, threshold, steps, se
 
 
 @user_errors
-def compare(domain, image, source, target, strength, threshold, steps, seed, align=True):
-    """Both backbones on one input and the first target line: (source, G edit, D edit or None, times)."""
+def compare(
+    domain, image, source, target, strength, threshold, steps, seed, align=True, sliders_moved=True,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
+):  # fmt: skip
+    """Both backbones on one input and the first target line: (input, G edit, D edit or None, times).
+
+    The page labels the three pictures from the summary (see `relabel`).
+
+    `sliders_moved` (the page's state, not an API parameter): False runs each backbone with its own
+    default strength and threshold, because the user has not moved a slider since opening the tab.
+    """
+    _start(progress, f"DeltaEdit-G, then DeltaEdit-D ({int(steps)} DDIM steps)")
+    own = sliders_moved is False
     view = _gpu_compare(
         domain=domain,
         image=image,
         source=source,
         target=target,
-        strength=strength,
-        threshold=threshold,
+        strength=None if own else strength,
+        threshold=None if own else threshold,
         steps=int(steps),
         seed=seed,
         align=align,
     )
+    for notice in dict.fromkeys(view.gan.notices + (view.diffusion.notices if view.diffusion else [])):
+        gr.Warning(notice)
     d_image = view.diffusion.edited_images[0] if view.diffusion else None
     return view.source_image, view.gan.edited_images[0], d_image, view.summary
+
+
+def relabel(summary):
+    """Label the Compare pictures with what each one is and each backbone's time, read from the
+    summary: it is what both a run and a cached example bring (a label update keeps the picture)."""
+    return tuple(gr.Image(label=label) for label in service.compare_labels(summary or ""))
 
 
 @user_errors
@@ -200,17 +234,53 @@ def new_seed():
     return random.randint(0, 999_999)
 
 
+# Examples run with the domain's defaults for their backbone (seed 0, 50 DDIM steps).
 @user_errors
-def example_edit(domain, image, target):
-    strength, threshold = service.edit_defaults(domain)
-    return edit_gan(domain, image, service.neutral_text(domain), target, strength, threshold, 0)
+def example_gan(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    strength, threshold = service.edit_defaults(domain, "gan")
+    return edit_gan(domain, image, source, target, strength, threshold, 0, progress=progress)
 
 
-def change_domain(domain, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's injection idiom
-    progress(0, desc="loading the models")
+@user_errors
+def example_diffusion(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    strength, threshold = service.edit_defaults(domain, "diffusion")
+    return edit_diffusion(domain, image, source, target, strength, threshold, 50, 0, progress=progress)
+
+
+@user_errors
+def example_compare(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    return compare(domain, image, source, target, None, None, 50, 0, sliders_moved=False, progress=progress)
+
+
+def tab_defaults(domain, backbone):
+    """The sliders follow the selected tab: that backbone's strength and threshold for the domain
+    (Compare shows DeltaEdit-G's), and the sliders count as not moved."""
+    strength, threshold = service.edit_defaults(domain, "gan" if backbone == "compare" else backbone)
+    return strength, threshold, False
+
+
+def change_domain(domain, backbone, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's injection idiom
+    progress(0, desc="loading the models (the first use may download them)")
     status = service.domain_status(domain)
-    strength, threshold = service.edit_defaults(domain)
-    return status, service.neutral_text(domain), service.diffusion_status(domain), strength, threshold
+    strength, threshold, moved = tab_defaults(domain, backbone)
+    phrases = service.known_phrases(domain)
+    aligns = service.aligns_faces(domain)
+    return (
+        status,
+        service.neutral_text(domain),
+        service.diffusion_status(domain),
+        strength,
+        threshold,
+        moved,
+        gr.Checkbox(visible=aligns, value=aligns),
+        gr.Column(visible=bool(phrases)),
+        service.defaults_note(domain),
+    )
+
+
+def use_phrase(sample):
+    """A click on a known phrase makes it the target text."""
+    return sample[0] if isinstance(sample, (list, tuple)) else sample
 
 
 @user_errors
@@ -285,22 +355,35 @@ between their captions. That shared space of differences is **DeltaSpace**.
 Any prompt works zero-shot. The *Toy faces* domain is a small built-in model trained here on
 procedural cartoon faces, so the app runs anywhere without downloads; it adds three steps that are
 not in the paper (the text difference grounded in the picture through a bank of image features, a
-mapper trained on nearest-neighbour pairs, and a few refinement steps; see the README). *FFHQ
+mapper trained on nearest-neighbour pairs, and a few refinement steps; see docs/toy-domain.md). *FFHQ
 faces* uses the authors' published weights when they can be downloaded, with the paper's method.
 """
 
-# Toy pictures are 64 px: show them large and sharp.
+# Toy pictures are 64 px. Every picture is shown whole (object-fit: contain), scaled with
+# nearest-neighbour (pixelated) so the pixels stay crisp, never cropped. The before/after slider's
+# two layers fill one box (gradio lays the "before" layer out at its natural aspect ratio, up to
+# 500 px tall, so a square picture overflowed the 300 px box and the halves did not line up).
 CSS = """
 #input-image img { min-height: 200px; object-fit: contain; }
 .result-image img { width: 100%; height: 100%; object-fit: contain; }
-#input-image img, [id^=before-after] img, .result-image img { image-rendering: pixelated; }
+.before-after img[data-testid=imageslider-image] {
+  position: absolute; inset: 0; margin: 0;
+  width: 100% !important; height: 100% !important; max-width: none; max-height: none !important;
+  object-fit: contain;
+}
+.result-gallery img { object-fit: contain !important; }
+.result-gallery .fixed-height { min-height: 0; max-height: none; }
+[id^=examples-] td { white-space: pre-line; }
+#input-image img, .before-after img, .result-image img, .result-gallery img {
+  image-rendering: pixelated;
+}
+#vocabulary button { font-size: var(--text-sm); }
 """
 
 
-def _examples() -> list[list[str]]:
-    prompts = ["face with smile", "face with blond hair", "face with eyeglasses", "chubby face"]
-    files = sorted(EXAMPLES_DIR.glob("*.png"))
-    return [[DEFAULT_DOMAIN, str(f), prompts[i % len(prompts)]] for i, f in enumerate(files)]
+def _examples(kind: str) -> list[list[str]]:
+    """One tab's examples as rows of (domain, image, source text, target text)."""
+    return [[DEFAULT_DOMAIN, str(path), source, target] for path, source, target in service.examples(kind)]
 
 
 def build_demo() -> gr.Blocks:
@@ -319,10 +402,16 @@ def build_demo() -> gr.Blocks:
                 elem_id="domain-choice",
             )
             domain_status = gr.Markdown(STATUS[DEFAULT_DOMAIN], elem_id="domain-status")
+        # The selected tab ("gan", "diffusion", "compare"), and whether the user moved the strength or
+        # threshold slider since the tab (or domain) set them: Compare then uses the sliders for both
+        # backbones, otherwise each backbone's own defaults. API calls (no page) always use their values.
+        backbone_tab = gr.State("gan")
+        sliders_moved = gr.State(True)
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
                 image = PhotoInput(
-                    label="Photo (leave empty to edit the random sample of the seed)",
+                    label="Photo",
+                    placeholder="Drop a face photo here, or leave this empty to edit the seed's random sample",
                     type="filepath",
                     image_mode=None,
                     format="png",
@@ -335,59 +424,119 @@ def build_demo() -> gr.Blocks:
                         value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80
                     )
                     sample_button = gr.Button("Random sample", size="sm")
-                align = gr.Checkbox(value=True, label="Align face (FFHQ photos)")
+                aligns = service.aligns_faces(DEFAULT_DOMAIN)
+                align = gr.Checkbox(
+                    value=aligns,
+                    visible=aligns,
+                    label="Align face (FFHQ photos)",
+                    info="Crops and rotates a photo to the FFHQ face layout first; off for an already aligned face.",
+                    elem_id="align-face",
+                )
                 source = gr.Textbox(value=service.neutral_text(DEFAULT_DOMAIN), label="Source text")
                 target = gr.Textbox(
-                    label="Target text (one per line for several edits)",
+                    label="Target text",
+                    info="One per line for several edits.",
                     placeholder="face with smile",
                     lines=2,
                     elem_id="target-text",
                 )
-                default_strength, default_threshold = service.edit_defaults(DEFAULT_DOMAIN)
-                strength = NumberSlider(-5, 5, value=default_strength, step=0.05, label="Strength")
+                phrases = service.known_phrases(DEFAULT_DOMAIN)
+                with gr.Column(visible=bool(phrases)) as vocabulary_box:
+                    vocabulary = gr.Dataset(
+                        components=["textbox"],
+                        samples=[[p] for p in phrases],
+                        label="Phrases the toy model knows (its CLIP learned only these): click one to use it",
+                        layout="gallery",
+                        samples_per_page=len(phrases) or 10,
+                        elem_id="vocabulary",
+                    )
+                default_strength, default_threshold = service.edit_defaults(DEFAULT_DOMAIN, "gan")
+                strength = NumberSlider(
+                    -5, 5, value=default_strength, step=0.05, label="Strength", elem_id="strength"
+                )
                 threshold = NumberSlider(
-                    0, 0.5, value=default_threshold, step=0.005, label="Disentanglement threshold"
+                    0,
+                    0.5,
+                    value=default_threshold,
+                    step=0.005,
+                    label="Disentanglement threshold",
+                    elem_id="threshold",
                 )
             with gr.Column(scale=3, min_width=360):
                 with gr.Tabs():
-                    with gr.Tab("DeltaEdit-G"):
+                    with gr.Tab("DeltaEdit-G") as gan_tab:
                         gan_button = gr.Button("Edit with DeltaEdit-G", variant="primary", elem_id="edit-gan")
                         gan_outputs = _edit_result_components("gan")
-                    with gr.Tab("DeltaEdit-D"):
+                        gr.Examples(
+                            examples=_examples("gan"),
+                            inputs=[domain, image, source, target],
+                            outputs=gan_outputs,
+                            fn=example_gan,
+                            cache_examples=True,
+                            cache_mode="lazy",
+                            api_visibility="private",
+                            visible_columns=[1, 2, 3],
+                            label="Examples (toy faces): click one to run it",
+                            elem_id="examples-gan",
+                        )
+                    with gr.Tab("DeltaEdit-D") as d_tab:
                         d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN))
                         steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps")
-                        d_button = gr.Button("Edit with DeltaEdit-D", variant="primary")
+                        d_button = gr.Button(
+                            "Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion"
+                        )
                         d_outputs = _edit_result_components("diffusion")
-                    with gr.Tab("Compare"):
+                        gr.Examples(
+                            examples=_examples("diffusion"),
+                            inputs=[domain, image, source, target],
+                            outputs=d_outputs,
+                            fn=example_diffusion,
+                            cache_examples=True,
+                            cache_mode="lazy",
+                            api_visibility="private",
+                            visible_columns=[1, 2, 3],
+                            label="Examples (toy faces, 50 DDIM steps): click one to run it",
+                            elem_id="examples-diffusion",
+                        )
+                    with gr.Tab("Compare") as compare_tab:
+                        compare_note = gr.Markdown(
+                            service.defaults_note(DEFAULT_DOMAIN), elem_id="compare-note"
+                        )
                         compare_steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps (D)")
-                        compare_button = gr.Button("Run both", variant="primary")
-                        with gr.Row():
+                        compare_button = gr.Button("Run both", variant="primary", elem_id="compare-run")
+                        with gr.Row(elem_id="compare-images"):
                             cmp_source = gr.Image(
-                                label="Source", format="png", height=220, elem_classes="result-image"
-                            )
+                                label="Input", format="png", height=220, elem_classes="result-image",
+                                elem_id="compare-input", buttons=["download", "fullscreen"],
+                            )  # fmt: skip
                             cmp_gan = gr.Image(
-                                label="DeltaEdit-G", format="png", height=220, elem_classes="result-image"
-                            )
+                                label="DeltaEdit-G", format="png", height=220, elem_classes="result-image",
+                                elem_id="compare-gan", buttons=["download", "fullscreen"],
+                            )  # fmt: skip
                             cmp_d = gr.Image(
-                                label="DeltaEdit-D", format="png", height=220, elem_classes="result-image"
-                            )
-                        cmp_info = gr.Markdown()
+                                label="DeltaEdit-D", format="png", height=220, elem_classes="result-image",
+                                elem_id="compare-diffusion", buttons=["download", "fullscreen"],
+                            )  # fmt: skip
+                        cmp_info = gr.Markdown(elem_id="compare-info")
+                        compare_outputs = [cmp_source, cmp_gan, cmp_d, cmp_info]
+                        gr.Examples(
+                            examples=_examples("compare"),
+                            inputs=[domain, image, source, target],
+                            outputs=compare_outputs,
+                            fn=example_compare,
+                            cache_examples=True,
+                            cache_mode="lazy",
+                            api_visibility="private",
+                            visible_columns=[1, 2, 3],
+                            label="Examples (toy faces, each backbone with its defaults): click one to run it",
+                            elem_id="examples-compare",
+                        )
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
                         ds_pictures = gr.Gallery(
                             label="t-SNE of raw and delta features", columns=2, height=320
                         )
 
-        gr.Examples(
-            examples=_examples(),
-            inputs=[domain, image, target],
-            outputs=gan_outputs,
-            fn=example_edit,
-            cache_examples=True,
-            cache_mode="lazy",
-            api_visibility="private",
-            label="Examples (toy faces, DeltaEdit-G)",
-        )
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS)
 
@@ -398,34 +547,60 @@ def build_demo() -> gr.Blocks:
         )
         compare_button.click(
             compare,
-            inputs=[*common, compare_steps, seed, align],
-            outputs=[cmp_source, cmp_gan, cmp_d, cmp_info],
+            inputs=[*common, compare_steps, seed, align, sliders_moved],
+            outputs=compare_outputs,
             api_name="compare",
         )
         sample_button.click(new_seed, outputs=seed, api_visibility="private").then(
             sample, inputs=[domain, seed], outputs=image, api_name="sample"
         )
+        cmp_info.change(
+            relabel, inputs=cmp_info, outputs=[cmp_source, cmp_gan, cmp_d], api_visibility="private"
+        )
+        vocabulary.click(use_phrase, inputs=vocabulary, outputs=target, api_visibility="private")
+        for tab, backbone in ((gan_tab, "gan"), (d_tab, "diffusion"), (compare_tab, "compare")):
+            tab.select(lambda b=backbone: b, outputs=backbone_tab, api_visibility="private").then(
+                tab_defaults,
+                inputs=[domain, backbone_tab],
+                outputs=[strength, threshold, sliders_moved],
+                api_visibility="private",
+            )
+        for slider in (strength, threshold):
+            slider.input(lambda: True, outputs=sliders_moved, api_visibility="private")
         domain.change(
             change_domain,
-            inputs=domain,
-            outputs=[domain_status, source, d_notice, strength, threshold],
+            inputs=[domain, backbone_tab],
+            outputs=[
+                domain_status, source, d_notice, strength, threshold, sliders_moved, align,
+                vocabulary_box, compare_note,
+            ],
             api_visibility="private",
-        )
+        )  # fmt: skip
         deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")
     return demo
 
 
 def _edit_result_components(backbone: str):
     slider = gr.ImageSlider(
-        label="Before / after",
+        label="Before / after (the model's reconstruction | the edit)",
         format="png",
         type="pil",
         height=300,
         elem_id=f"before-after-{backbone}",
+        elem_classes="before-after",
         buttons=["download", "fullscreen"],
     )
     gallery = gr.Gallery(
-        label="Every target", columns=4, rows=1, height=170, object_fit="contain", format="png", preview=False
+        label="Every target",
+        columns=4,
+        height="auto",
+        fit_columns=False,
+        object_fit="contain",
+        format="png",
+        preview=False,
+        allow_preview=True,
+        elem_id=f"gallery-{backbone}",
+        elem_classes="result-gallery",
     )
     files = gr.File(label="Download the edited images (PNG)", file_count="multiple")
     info = gr.Markdown(elem_id=f"edit-info-{backbone}")

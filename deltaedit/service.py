@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
+from . import vocabulary
 from .api import load_editor
 from .config import list_domains, load_domain_config
 from .errors import DeltaEditError, InputError, WeightsError
@@ -75,6 +77,55 @@ def edit_defaults(domain: str, backbone: str = "gan") -> tuple[float, float]:
 
 def example_prompts(domain: str) -> list[str]:
     return list(load_domain_config(check_domain(domain)).example_prompts)
+
+
+def known_phrases(domain: str) -> list[str]:
+    """The prompts the domain's text encoder was trained on ([] when it knows any phrase, e.g. FFHQ)."""
+    return vocabulary.known_phrases(check_domain(domain)) or []
+
+
+def aligns_faces(domain: str) -> bool:
+    """Whether the "align face" option does anything in `domain` (FFHQ photos; not the toy faces)."""
+    return load_domain_config(check_domain(domain)).align_faces
+
+
+def defaults_note(domain: str) -> str:
+    """One Markdown line: what strength and threshold each backbone uses by default in `domain`."""
+    parts = []
+    for backbone, name in BACKBONE_NAMES.items():
+        strength, threshold = edit_defaults(domain, backbone)
+        parts.append(f"{name} strength {strength:g}, threshold {threshold:g}")
+    return "Each backbone runs with its own defaults (" + "; ".join(parts) + ") unless you move a slider."
+
+
+# Example requests the page offers, per tab: (image file under assets/examples, source, target).
+# Each one changes the picture visibly on the shipped toy weights (tests/test_service.py checks it
+# with the toy attribute classifier); `python scripts/make_toy_examples.py` writes the pictures.
+EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
+    "gan": [
+        ("toy_black_hair.png", "face", "face with smile"),
+        ("toy_black_hair.png", "face with black hair", "face with blond hair"),
+        ("toy_brown_hair.png", "face", "face with eyeglasses"),
+        ("toy_glasses.png", "face", "face with bangs\nface with red hair\nface with smile"),
+        ("toy_red_hair.png", "face with red hair", "face with black hair"),
+    ],
+    "diffusion": [
+        ("toy_brown_hair.png", "face", "face with eyeglasses"),
+        ("toy_black_hair.png", "face with black hair", "face with blond hair"),
+    ],
+    "compare": [
+        ("toy_black_hair.png", "face", "face with eyeglasses"),
+        ("toy_brown_hair.png", "face with brown hair", "face with blond hair"),
+        ("toy_glasses.png", "face", "face with bangs"),
+        ("toy_red_hair.png", "face", "chubby face"),
+    ],
+}
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+
+
+def examples(kind: str) -> list[tuple[Path, str, str]]:
+    """The toy examples of one tab ("gan", "diffusion", "compare") as (image path, source, target)."""
+    return [(EXAMPLES_DIR / name, source, target) for name, source, target in EXAMPLES[kind]]
 
 
 def get_editor(domain: str, backbone: str = "gan"):
@@ -244,6 +295,9 @@ class EditView:
     seconds: float
     summary: str = ""
     extra: dict = field(default_factory=dict)
+    input_image: Image.Image | None = None  # what was edited: the photo as the model saw it, or the sample
+    strength: float | None = None  # the values the edit used (the domain's defaults when given None)
+    threshold: float | None = None
 
     @property
     def gallery(self) -> list[tuple[Image.Image, str]]:
@@ -303,14 +357,34 @@ def edit(
         edited_images=list(result.edited_images),
         targets=list(result.targets),
         files=[],
-        notices=list(result.notices),
+        notices=list(result.notices) + _nothing_changed(domain, result),
         seconds=seconds,
         extra={"timings": dict(result.timings), "seed": None if image is not None else seed},
+        input_image=codes_image(codes),
+        strength=result.strength,
+        threshold=result.threshold,
     )
     view.summary = _summary(view, result.source_text, result.strength, result.threshold, kwargs.get("steps"))
     if image is None:
         view.summary += f"\n\nSource: random sample, seed {seed}."
     return view
+
+
+def _nothing_changed(domain: str, result) -> list[str]:
+    """A notice per target that changed nothing measurable (a target equal to the source text has
+    the library's own notice), naming the nearest phrases the domain knows."""
+    notices = []
+    delta_s = getattr(result, "delta_s", None)
+    same = " ".join((result.source_text or "").lower().split())
+    for i in vocabulary.unchanged_targets(result):
+        target = result.targets[i]
+        if " ".join(target.lower().split()) == same:
+            continue
+        zero_delta = delta_s is not None and not bool(delta_s[i].abs().sum() > 0)
+        notices.append(
+            vocabulary.nothing_changed_notice(domain, _short(target), result.threshold, zero_delta)
+        )
+    return notices
 
 
 def save_files(view: EditView) -> EditView:
@@ -323,7 +397,7 @@ def save_files(view: EditView) -> EditView:
 
 @dataclass
 class CompareView:
-    source_image: Image.Image
+    source_image: Image.Image  # the input both backbones edited (the photo, or the seed's sample)
     gan: EditView
     diffusion: EditView | None
     summary: str
@@ -340,7 +414,10 @@ def compare(
     align: bool = True,
     steps: int = 50,
 ) -> CompareView:
-    """Both backbones on the same input and the first target line; D may be unavailable."""
+    """Both backbones on the same input and the first target line; D may be unavailable.
+
+    A `strength` or `threshold` of None lets each backbone use its own default for the domain.
+    """
     first = next((line.strip() for line in (target or "").splitlines() if line.strip()), "")
     common = dict(
         domain=domain,
@@ -353,18 +430,45 @@ def compare(
         align=align,
     )
     gan = edit("gan", **common)
-    lines = [f"| backbone | time |\n| --- | --- |\n| DeltaEdit-G | {gan.seconds:.2f} s |"]
+    lines = [
+        "| backbone | strength | threshold | time |\n| --- | --- | --- | --- |\n"
+        f"| DeltaEdit-G | {gan.strength:g} | {gan.threshold:g} | {gan.seconds:.2f} s |"
+    ]
     try:
         diffusion = edit("diffusion", steps=steps, **common)
-        lines[0] += f"\n| DeltaEdit-D ({steps} steps) | {diffusion.seconds:.2f} s |"
+        lines[0] += (
+            f"\n| DeltaEdit-D ({steps} steps) | {diffusion.strength:g} | {diffusion.threshold:g}"
+            f" | {diffusion.seconds:.2f} s |"
+        )
     except WeightsError as exc:
         diffusion = None
         lines.append(f"**DeltaEdit-D:** {str(exc).split('. ', 1)[0]}.")
+    if gan.extra.get("seed") is not None:
+        lines.append(f"Input: random sample, seed {gan.extra['seed']}.")
     if len((target or "").strip().splitlines()) > 1:
         lines.append(f"Compare uses the first target line only: “{first}”.")
     notices = dict.fromkeys(gan.notices + (diffusion.notices if diffusion else []))
     lines += [f"- ⚠️ {_short(n)}" for n in notices]
-    return CompareView(gan.source_image, gan, diffusion, "\n\n".join(lines))
+    shown = gan.input_image if gan.input_image is not None else gan.source_image
+    return CompareView(shown, gan, diffusion, "\n\n".join(lines))
+
+
+_G_ROW = re.compile(r"^\| DeltaEdit-G \|[^|]*\|[^|]*\| ([0-9.]+ s) \|", re.M)
+_D_ROW = re.compile(r"^\| DeltaEdit-D \(\d+ steps\) \|[^|]*\|[^|]*\| ([0-9.]+ s) \|", re.M)
+_SAMPLE = re.compile(r"^Input: random sample, seed (\d+)\.", re.M)
+
+
+def compare_labels(summary: str) -> tuple[str, str, str]:
+    """Captions for the Compare pictures (input, DeltaEdit-G, DeltaEdit-D), read back from the
+    summary `compare` wrote: what the input is, and each backbone's time."""
+    sample_seed = _SAMPLE.search(summary)
+    g, d = _G_ROW.search(summary), _D_ROW.search(summary)
+    if not summary:
+        return "Input", "DeltaEdit-G", "DeltaEdit-D"
+    shown = f"Input (random sample, seed {sample_seed.group(1)})" if sample_seed else "Input (the photo)"
+    g_label = f"DeltaEdit-G · {g.group(1)}" if g else "DeltaEdit-G"
+    d_label = f"DeltaEdit-D · {d.group(1)}" if d else "DeltaEdit-D · not available"
+    return shown, g_label, d_label
 
 
 # ---------------------------------------------------------------- DeltaSpace report

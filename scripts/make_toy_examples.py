@@ -1,6 +1,8 @@
 """Write the app's example inputs (assets/examples/toy_*.png): toy renders with chosen attributes.
 
-Run after changing the renderer: `python scripts/make_toy_examples.py`.
+Run after changing the renderer: `python scripts/make_toy_examples.py`. Which prompts the app pairs
+with each picture is `deltaedit.service.EXAMPLES`; `tests/test_service.py` checks that every example
+changes the picture (a target the face already shows would not), so rerun it after changing either.
 """
 
 from pathlib import Path

@@ -125,7 +125,9 @@ def test_compare_runs_both_backbones_side_by_side(client):
         **EDIT,
     )
     assert_edited(source, gan)
-    assert "DeltaEdit-G" in summary
+    # The first picture is the input both backbones edited (the upload), not a reconstruction.
+    assert np.array_equal(pixels(source), pixels(EXAMPLE))
+    assert "DeltaEdit-G" in summary and "| strength | threshold | time |" in summary
     if diffusion_weights_present():
         assert_edited(source, diffusion)
         assert "DeltaEdit-D (5 steps)" in summary
@@ -171,3 +173,28 @@ def test_ffhq_without_weights_is_a_clear_message(client):
         )  # fmt: skip
     message = str(info.value)
     assert "stylegan2-ffhq-config-f" in message and "Traceback" not in message
+
+
+def test_compare_without_a_photo_shows_the_seeds_sample(client):
+    source, _, _, summary = client.predict(
+        image=None, target="face with bangs", steps=5, seed=7, api_name="/compare", **EDIT
+    )
+    sample = client.predict(domain="toy", seed=7, api_name="/sample")
+    assert np.array_equal(pixels(source), pixels(sample))
+    assert "seed 7" in summary
+
+
+def test_an_edit_that_changes_nothing_says_so_and_suggests_known_phrases(client):
+    (before, after), _, _, summary = client.predict(
+        domain="toy",
+        image=handle_file(EXAMPLE),
+        source="face",
+        target="face with yellow hair",
+        strength=0.85,
+        threshold=0.1,
+        seed=0,
+        api_name="/edit_gan",
+    )
+    assert np.array_equal(pixels(before), pixels(after))
+    assert "changed nothing" in summary
+    assert "face with blond hair" in summary  # "yellow" is not in the toy vocabulary; "blond" is
