@@ -61,6 +61,7 @@ class EditDefaults:
     strength: float = 1.0
     threshold: float = 0.03
     refine_steps: int = 0
+    refine_lr: float = 0.01  # Adam's step in style values (`deltaedit.refine`)
 
 
 BACKBONES = ("gan", "diffusion")
@@ -76,6 +77,7 @@ def _parse_edit_defaults(raw: dict) -> dict[str, EditDefaults]:
             strength=float(values.get("strength", 1.0)),
             threshold=float(values.get("threshold", 0.03)),
             refine_steps=int(values.get("refine_steps", 0)),
+            refine_lr=float(values.get("refine_lr", 0.01)),
         )
         for backbone, values in raw.items()
     }

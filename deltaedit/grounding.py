@@ -85,6 +85,7 @@ class FeatureBank:
         k = int(torch.searchsorted(explained, torch.tensor(variance)).item()) + 1
         self.basis = vh[: min(k, len(vh))]  # [k, D]
         self.covariance = centred.T @ centred / (len(centred) - 1)
+        self._centred = centred
         self._attributes: dict[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lock = threading.Lock()  # the app edits from several threads
 
@@ -98,66 +99,114 @@ class FeatureBank:
     def attributes(self, delta_t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """[(cluster mean [D], subspace H [D, r])] of each attribute `delta_t` [D] asks for (one for
         "face with X", two for "face with X and Y"); empty where the bank cannot split."""
-        delta_t = torch.as_tensor(delta_t, dtype=torch.float32).cpu()
-        key = delta_t.numpy().tobytes()
-        with self._lock:
-            if key in self._attributes:
-                return self._attributes[key]
-        found = self._find_attributes(delta_t)
-        with self._lock:
-            if len(self._attributes) >= _CACHE_SIZE:
-                self._attributes.pop(next(iter(self._attributes)))
-            return self._attributes.setdefault(key, found)  # the first writer's list wins
+        return self.attributes_of_rows(torch.as_tensor(delta_t).reshape(1, -1))[0]
 
-    def _find_attributes(self, delta_t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def attributes_of_rows(self, delta_t: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """`attributes` of each row of `delta_t` [T, D], the uncached rows found together."""
+        delta_t = torch.as_tensor(delta_t, dtype=torch.float32).detach().cpu()
+        keys = [row.numpy().tobytes() for row in delta_t]
+        with self._lock:
+            known = {k: self._attributes[k] for k in keys if k in self._attributes}
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        if missing:
+            rows = torch.stack([delta_t[keys.index(k)] for k in missing])
+            found = self._find_attributes(rows)
+            with self._lock:
+                for key, attributes in zip(missing, found):
+                    if len(self._attributes) >= _CACHE_SIZE:
+                        self._attributes.pop(next(iter(self._attributes)))
+                    # the first writer's list wins
+                    known[key] = self._attributes.setdefault(key, attributes)
+        return [known[k] for k in keys]
+
+    def _find_attributes(self, delta_t: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The attributes of each row of `delta_t` [T, D]; the rows' splits run as one batch."""
         direction = delta_t @ self.basis.T @ self.basis
-        length = float(direction.norm())
-        if length < MIN_IN_SUBSPACE * float(delta_t.norm()):
-            return []
-        found = []
-        spanned = torch.zeros(len(direction), 0)  # orthonormal basis of the subspaces found so far
+        length = direction.norm(dim=1)
+        active = (length >= MIN_IN_SUBSPACE * delta_t.norm(dim=1)).tolist()
+        found: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(len(delta_t))]
+        # orthonormal basis of the subspaces found so far, per row
+        spanned = [torch.zeros(delta_t.shape[1], 0) for _ in range(len(delta_t))]
         # Attribute pursuit: split along what is left of the direction once the attributes found
         # so far are taken out of it, until little is left. Each new subspace is kept orthogonal
         # to the earlier ones, so no swap is counted twice.
-        while len(found) < MAX_ATTRIBUTES and float(direction.norm()) >= RESIDUAL_STOP * length:
-            attribute = self._split(direction)
-            if attribute is None:
+        for _ in range(MAX_ATTRIBUTES):
+            rows = [
+                i
+                for i, on in enumerate(active)
+                if on and float(direction[i].norm()) >= RESIDUAL_STOP * float(length[i])
+            ]
+            if not rows:
                 break
-            target, subspace = attribute
-            subspace = subspace - spanned @ (spanned.T @ subspace)
-            u, singular, _ = torch.linalg.svd(subspace, full_matrices=False)
-            subspace = u[:, singular > 0.5]
-            if subspace.shape[1] == 0:
-                break
-            found.append((target, subspace))
-            spanned = torch.cat([spanned, subspace], dim=1)
-            direction = direction - subspace @ (subspace.T @ direction)
+            for i, attribute in zip(rows, self._split(direction[rows])):
+                if attribute is None:
+                    active[i] = False
+                    continue
+                target, subspace = attribute
+                subspace = subspace - spanned[i] @ (spanned[i].T @ subspace)
+                u, singular, _ = torch.linalg.svd(subspace, full_matrices=False)
+                subspace = u[:, singular > 0.5]
+                if subspace.shape[1] == 0:
+                    active[i] = False
+                    continue
+                found[i].append((target, subspace))
+                spanned[i] = torch.cat([spanned[i], subspace], dim=1)
+                direction[i] = direction[i] - subspace @ (subspace.T @ direction[i])
+            active = [on and i in rows for i, on in enumerate(active)]
         return found
 
-    def _split(self, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        along = (self.features - self.mean) @ _unit(direction)
-        upper = along >= _two_means_cut(along)  # the upper of two 1-D clusters
-        n_upper = int(upper.sum())
-        if n_upper < MIN_CLUSTER or len(along) - n_upper < MIN_CLUSTER:
-            return None
-        cluster = self.features[upper]
-        eigenvalues, eigenvectors = torch.linalg.eigh(self.covariance - torch.cov(cluster.T))
-        if float(eigenvalues[-1]) <= 0:
-            return None
-        return cluster.mean(0), eigenvectors[:, eigenvalues >= SUBSPACE_RATIO * eigenvalues[-1]]
+    def _split(self, directions: torch.Tensor):
+        """(cluster mean, subspace) of the split along each row of `directions` [R, D], or None
+        (one direction [D]: its own result, not a list)."""
+        if directions.ndim == 1:
+            return self._split(directions[None])[0]
+        along = self._centred @ _unit(directions).T  # [N, R]
+        upper = along >= _two_means_cut(along)  # the upper of two 1-D clusters, per column
+        n_upper = upper.sum(dim=0)
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * directions.shape[0]
+        ok = ((n_upper >= MIN_CLUSTER) & (len(along) - n_upper >= MIN_CLUSTER)).nonzero().flatten()
+        if len(ok) == 0:
+            return out
+        member = upper[:, ok].T.float()  # [K, N]
+        n = member.sum(dim=1)
+        means = member @ self._centred / n[:, None]  # cluster means, centred on the bank's
+        x = self._centred
+        second = (member[:, :, None] * x).transpose(1, 2) @ x  # [K, D, D], one batched product
+        outer = n[:, None, None] * means[:, :, None] * means[:, None, :]
+        cluster_cov = (second - outer) / (n - 1)[:, None, None]
+        eigenvalues, eigenvectors = torch.linalg.eigh(self.covariance - cluster_cov)
+        for k, row in enumerate(ok.tolist()):
+            top = eigenvalues[k, -1]
+            if float(top) > 0:
+                out[row] = means[k] + self.mean, eigenvectors[k][:, eigenvalues[k] >= SUBSPACE_RATIO * top]
+        return out
 
     def ground(self, delta_t: torch.Tensor, image_feature: torch.Tensor) -> torch.Tensor:
-        """Grounded deltas [T, D] for text deltas `delta_t` [T, D] and one image feature [1, D] or [D].
+        """Grounded deltas [T, D] for text deltas `delta_t` [T, D] and the image feature of the face
+        they edit: one for all rows ([1, D] or [D]) or one per row ([T, D], as mapper distillation
+        grounds the image deltas of a batch of code pairs).
 
         A zero Δt stays zero (nothing to edit); where the bank cannot split, Δt is returned as is.
         """
         delta_t = torch.as_tensor(delta_t)
         if delta_t.ndim != 2 or delta_t.shape[1] != self.dim:
             raise InputError(f"text deltas must be [T, {self.dim}], got {tuple(delta_t.shape)}")
-        image = _unit(torch.as_tensor(image_feature, dtype=torch.float32).reshape(-1).cpu())
+        images = torch.as_tensor(image_feature, dtype=torch.float32).detach().cpu()
+        if images.ndim == 2 and images.shape[0] == len(delta_t) and images.shape[1] == self.dim:
+            images = _unit(images)
+        elif images.numel() == self.dim:
+            images = _unit(images.reshape(1, -1)).expand(len(delta_t), -1)
+        else:
+            raise InputError(
+                f"image features must be [{self.dim}], [1, {self.dim}] or [{len(delta_t)}, {self.dim}],"
+                f" got {tuple(images.shape)}"
+            )
         rows = []
-        for dt in delta_t.float().cpu():
-            found = self.attributes(dt) if float(dt.norm()) > 0 else []
+        deltas = delta_t.detach().float().cpu()
+        # Mapper distillation grounds a batch of image deltas at once: their splits run together.
+        attributes = self.attributes_of_rows(deltas)
+        for dt, image, found in zip(deltas, images, attributes):
+            found = found if float(dt.norm()) > 0 else []
             if not found:
                 rows.append(dt)
                 continue
@@ -166,14 +215,21 @@ class FeatureBank:
 
 
 def _two_means_cut(values: torch.Tensor) -> torch.Tensor:
-    """The threshold of a 2-means clustering of 1-D `values`, started from the extremes."""
-    cut = (values.min() + values.max()) / 2
+    """The threshold of a 2-means clustering of 1-D `values` [N] (or of each column of [N, R]),
+    started from the extremes."""
+    cut = (values.min(dim=0).values + values.max(dim=0).values) / 2
+    live = torch.ones_like(cut, dtype=torch.bool)  # columns still iterating
+    n = values.shape[0]
     for _ in range(_SPLIT_ITERATIONS):
         above = values >= cut
-        if above.all() or not above.any():
+        n_above = above.sum(dim=0)
+        live &= (n_above > 0) & (n_above < n)
+        if not live.any():
             break
-        new_cut = (values[~above].mean() + values[above].mean()) / 2
-        if torch.isclose(new_cut, cut):
-            break
-        cut = new_cut
+        upper = torch.where(above, values, 0).sum(dim=0) / n_above.clamp(min=1)
+        lower = torch.where(above, 0, values).sum(dim=0) / (n - n_above).clamp(min=1)
+        new_cut = (lower + upper) / 2
+        settled = torch.isclose(new_cut, cut)
+        cut = torch.where(live & ~settled, new_cut, cut)
+        live &= ~settled
     return cut

@@ -306,3 +306,172 @@ def test_half_precision_edit_on_cuda_stays_close_to_float32(data, dtype):
     out = half.to("cuda", dtype).edit(*data, steps=8)
     assert out.edits.dtype == torch.float32  # the scheduler maths stays float32
     assert psnr(out.edits, reference.edits).min() > 30
+
+
+# ---- the rendering-conditioned (residual) model ----------------------------------------------------
+
+
+def _linear_render(styles: torch.Tensor) -> torch.Tensor:
+    """A stand-in generator R(s) [N, 3, 16, 16]: smooth, in (-0.3, 0.3), a different image per s."""
+    ramp = torch.linspace(-1, 1, 16)
+    base = torch.tanh(styles[:, :3]).view(-1, 3, 1, 1) * 0.2
+    image = base + 0.1 * torch.tanh(styles[:, 3:4]).view(-1, 1, 1, 1) * ramp.view(1, 1, 1, 16)
+    return image.expand(-1, 3, 16, 16).contiguous()
+
+
+@pytest.fixture
+def residual_backbone():
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16, render_channels=3)
+    return DiffusionBackbone(unet, MILD)
+
+
+@pytest.fixture
+def small_data(data):
+    x0, s, deltas = data
+    return x0 * 0.5, s, deltas  # |x0| <= 0.5: no clamping anywhere in these tests
+
+
+def _silence(backbone: DiffusionBackbone) -> DiffusionBackbone:
+    """Make the UNet predict ε = 0 whatever its inputs: DDIM then only rescales x, exactly invertibly."""
+    with torch.no_grad():
+        backbone.unet.unet.conv_out.weight.zero_()
+        backbone.unet.unet.conv_out.bias.zero_()
+    backbone._fast_unet = None
+    return backbone
+
+
+def test_residual_edit_changes_the_output_exactly_by_the_change_of_the_rendering(
+    residual_backbone, small_data
+):
+    x0, s, deltas = small_data
+    backbone = _silence(residual_backbone)
+    out = backbone.edit(x0, s, deltas, strength=1.5, steps=20, render=_linear_render)
+    renders = _linear_render(torch.cat([s, s + 1.5 * deltas]))
+    # The UNet ignores everything, so the residual x0 − R(s) comes back unchanged and each edit is
+    # x0 + R(s') − R(s): the whole edit reaches the output through the generator.
+    torch.testing.assert_close(out.reconstruction, x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.edits - out.reconstruction, renders[1:] - renders[:1], atol=1e-4, rtol=0)
+    assert (renders[1:] - renders[:1]).abs().flatten(1).max(1).values.min() > 1e-2  # a real change
+    # The same with the renderings given as a tensor.
+    given = backbone.edit(x0, s, deltas, strength=1.5, steps=20, render=renders)
+    torch.testing.assert_close(given.edits, out.edits)
+
+
+def test_residual_inversion_then_decoding_gives_the_input_back(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    out = residual_backbone.edit(x0, s, deltas, strength=1.0, steps=20, render=_linear_render)
+    assert psnr(out.reconstruction, x0).item() > 35
+    # invert/sample are in image space too: x_T of the residual, R(s) + the decoded residual.
+    r = _linear_render(s)
+    x_T = residual_backbone.invert(x0, s, steps=20, render=r)
+    assert psnr(residual_backbone.sample(x_T, s, steps=20, render=r), x0).item() > 35
+    # The UNet sees the rendering: another R(s) with the same s decodes differently.
+    other = residual_backbone.sample(x_T, s, steps=20, render=r + 0.2) - (r + 0.2)
+    assert (other - (residual_backbone.sample(x_T, s, steps=20, render=r) - r)).abs().max() > 1e-4
+
+
+def test_residual_edit_is_conditioned_on_s_and_the_rendering(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    out = residual_backbone.edit(x0, s, deltas, strength=1.0, steps=8, render=_linear_render)
+    renders = _linear_render(torch.cat([s, s + deltas]))
+    residuals = torch.cat([out.reconstruction, out.edits]) - renders
+    # A trained-or-not UNet decodes the residual differently under another (s', R(s')).
+    assert (residuals[1:] - residuals[:1]).abs().flatten(1).max(1).values.min() > 1e-4
+
+
+def test_residual_model_traced_matches_eager(small_data):
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16, render_channels=3)
+    eager = DiffusionBackbone(unet, MILD, traced=False)
+    traced = DiffusionBackbone(unet, MILD, traced=True)
+    x0, s, ds = small_data
+    a = eager.edit(x0, s, ds, steps=6, render=_linear_render)
+    b = traced.edit(x0, s, ds, steps=6, render=_linear_render)
+    torch.testing.assert_close(b.edits, a.edits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.reconstruction, a.reconstruction, atol=1e-5, rtol=0)
+    graphs = traced.denoiser._graphs
+    assert sorted(k[0][0] for k in graphs) == [1, 4] and all(g is not None for g in graphs.values())
+    # The traced graph takes the rendering as an input, not as a constant of the trace.
+    x, t, r = torch.randn(1, 3, 16, 16), torch.tensor(500), _linear_render(s)
+    torch.testing.assert_close(traced.denoiser(x, t, s, r + 0.5), unet(x, t, s, r + 0.5), atol=1e-5, rtol=0)
+    assert not torch.allclose(traced.denoiser(x, t, s, r), traced.denoiser(x, t, s, r + 0.5))
+    # Malformed calls reach the module's checks.
+    with pytest.raises(InputError, match="rendering"):
+        traced.denoiser(x, t, s)
+
+
+def test_rendering_is_required_by_a_residual_model_and_refused_by_a_plain_one(
+    backbone, residual_backbone, small_data
+):
+    x0, s, deltas = small_data
+    with pytest.raises(InputError, match="residual"):
+        residual_backbone.edit(x0, s, deltas, steps=2)
+    with pytest.raises(InputError, match=r"render must be .*\[4, 3, 16, 16\]"):
+        residual_backbone.edit(x0, s, deltas, steps=2, render=torch.zeros(3, 3, 16, 16))
+    with pytest.raises(InputError, match="render must be"):
+        residual_backbone.edit(x0, s, deltas, steps=2, render=lambda st: torch.zeros(len(st), 3, 8, 8))
+    with pytest.raises(InputError, match="residual"):
+        residual_backbone.invert(x0, s, steps=2)
+    with pytest.raises(InputError, match="render_channels 0"):
+        backbone.edit(x0, s, deltas, steps=2, render=_linear_render)
+    with pytest.raises(InputError, match="render_channels 0"):
+        backbone.sample(torch.randn(1, 3, 16, 16), s, steps=2, render=_linear_render(s))
+
+
+def test_plain_models_edit_exactly_as_before(backbone, data, tmp_path):
+    """render_channels 0: the samplers' plain calls, and an old folder without the new config keys."""
+    x0, s, deltas = data
+    out = backbone.edit(x0, s, deltas, strength=0.8, steps=5, refine_last=None)
+    x_T = ddim_invert(backbone.unet, MILD, x0, s, 5, refine=1)
+    styles = torch.cat([s, s + 0.8 * deltas])
+    expected = ddim_sample(backbone.unet, MILD, x_T.expand(4, -1, -1, -1), styles, 5).clamp(-1, 1)
+    torch.testing.assert_close(torch.cat([out.reconstruction, out.edits]), expected, atol=1e-5, rtol=0)
+    backbone.save_pretrained(tmp_path)
+    import json
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("render_channels", "time_scale_shift", "unet_extra"):
+        config.pop(key, None)  # a folder written before these existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = DiffusionBackbone.from_pretrained(tmp_path)
+    assert old.render_channels == 0
+    again = old.edit(x0, s, deltas, strength=0.8, steps=5, refine_last=None)
+    torch.testing.assert_close(again.edits, out.edits, atol=1e-5, rtol=0)
+
+
+def test_residual_model_saved_in_half_precision_loads_and_edits(residual_backbone, small_data, tmp_path):
+    x0, s, deltas = small_data
+    reference = residual_backbone.edit(x0, s, deltas, steps=6, render=_linear_render)
+    residual_backbone.unet.half()
+    residual_backbone.save_pretrained(tmp_path)  # as the toy stage ships its weights
+    loaded = DiffusionBackbone.from_pretrained(tmp_path)
+    assert loaded.unet.dtype == torch.float32 and loaded.render_channels == 3
+    out = loaded.edit(x0, s, deltas, steps=6, render=_linear_render)
+    assert psnr(out.edits, reference.edits).min() > 40
+
+
+def test_a_partial_chain_inverts_and_decodes_only_its_fraction_of_the_steps(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    half = residual_backbone.edit(x0, s, deltas, steps=20, render=_linear_render, depth=0.5)
+    assert psnr(half.reconstruction, x0).item() > 35
+    # Through a silenced UNet the residual comes back whole at any depth (exact DDIM rescaling).
+    silent = _silence(residual_backbone)
+    out = silent.edit(x0, s, deltas, strength=1.5, steps=20, render=_linear_render, depth=0.5)
+    renders = _linear_render(torch.cat([s, s + 1.5 * deltas]))
+    torch.testing.assert_close(out.edits - out.reconstruction, renders[1:] - renders[:1], atol=1e-4, rtol=0)
+    # Half the chain: x_T is only partly noised (its scale is √ᾱ of the middle timestep, not ~0).
+    r = renders[:1]
+    x_half = ddim_invert(silent.unet, MILD, x0 - r, s, 20, render=r, depth=0.5)
+    x_full = ddim_invert(silent.unet, MILD, x0 - r, s, 20, render=r)
+    assert x_half.abs().mean() > x_full.abs().mean()
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(InputError, match="depth"):
+            silent.edit(x0, s, deltas, steps=4, render=_linear_render, depth=bad)
+
+
+def test_full_depth_is_the_default(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    a = residual_backbone.edit(x0, s, deltas, steps=6, render=_linear_render)
+    b = residual_backbone.edit(x0, s, deltas, steps=6, render=_linear_render, depth=1.0)
+    assert torch.equal(a.edits, b.edits)

@@ -169,7 +169,7 @@ def test_edits_without_strength_or_threshold_take_the_domain_s_defaults():
     assert (authors.strength, authors.threshold, authors.refine_steps) == (1.0, 0.03, 0)
     assert ffhq.defaults_for("diffusion") == authors
     toy_gan = toy.defaults_for("gan")
-    assert (toy_gan.strength, toy_gan.threshold, toy_gan.refine_steps) == (0.85, 0.1, 20)
+    assert (toy_gan.strength, toy_gan.threshold, toy_gan.refine_steps, toy_gan.refine_lr) == (0.85, 0.1, 2, 0.02)
     images, _ = render_batch(1, 4)
     result = load_editor("toy", backbone="gan").edit(image=images[0], align=False, targets="face with bangs")
     assert (result.strength, result.threshold) == (0.85, 0.1) and "refine" in result.timings
@@ -177,3 +177,30 @@ def test_edits_without_strength_or_threshold_take_the_domain_s_defaults():
         image=images[0], align=False, targets="face with bangs", strength=0.5, threshold=0.03, refine_steps=0
     )
     assert (explicit.strength, explicit.threshold) == (0.5, 0.03) and "refine" not in explicit.timings
+
+
+def test_each_backbone_refines_at_its_own_configured_rate(monkeypatch):
+    import dataclasses
+
+    import deltaedit.pipelines.gan as gan
+    from deltaedit import config
+    from deltaedit.api import load_editor
+
+    editor = load_editor("toy", backbone="gan")
+    seen = []
+    monkeypatch.setattr(gan, "refine_style_deltas", lambda *a, **k: seen.append(k["lr"]) or a[5])
+    toy = config.load_domain_config("toy")
+    custom = dataclasses.replace(
+        toy,
+        edit_defaults={
+            "gan": dataclasses.replace(toy.defaults_for("gan"), refine_lr=0.5),
+            "diffusion": dataclasses.replace(toy.defaults_for("diffusion"), refine_lr=0.25),
+        },
+    )
+    monkeypatch.setattr(editor, "config", custom)
+    codes = editor.sample(1)
+    delta_t, _ = editor.text_deltas(["face with bangs"], "face")
+    delta_s = editor.style_deltas(codes, delta_t, 0.1)
+    editor.refined_style_deltas(codes, delta_t, delta_s, 0.85, 2)
+    editor.refined_style_deltas(codes, delta_t, delta_s, 0.85, 2, backbone="diffusion")
+    assert seen == [0.5, 0.25]

@@ -143,3 +143,102 @@ def test_cli_trains_from_shards(pairs, tmp_path):
     args += ["--sample-every", "0", "--no-progress"]
     assert main(args) == 0
     assert DiffusionBackbone.from_pretrained(tmp_path / "out").style_dim == S
+
+
+# ---- the rendering-conditioned (residual) model ----------------------------------------------------
+def _residual_config() -> dict:
+    return dict(StyleConditionedUNet.tiny(S, render_channels=3).config)
+
+
+@pytest.fixture
+def triples(pairs):
+    images, styles = pairs
+    # A "generator" that gets each image nearly right: the residual is small and structured.
+    renders = (images * 0.9 + 0.05 * torch.tanh(styles[:, :3]).view(-1, 3, 1, 1)).clamp(-1, 1)
+    return images, styles, renders
+
+
+def test_residual_loss_is_the_epsilon_loss_of_the_residual_given_the_rendering(triples):
+    images, styles, renders = triples
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(S, render_channels=3)
+    scheduler = make_noise_scheduler()
+    noise, t = torch.randn(images.shape), torch.randint(0, 1000, (8,))
+    with torch.no_grad():
+        loss = diffusion_loss(unet, scheduler, images, styles, noise, t, renders)
+        noisy = scheduler.add_noise(images - renders, noise, t)
+        expected = torch.nn.functional.mse_loss(unet(noisy, t, styles, renders), noise)
+        # Not the full-image loss, and the rendering is an input, not only a subtraction.
+        full = torch.nn.functional.mse_loss(
+            unet(scheduler.add_noise(images, noise, t), t, styles, renders), noise
+        )
+        blind = torch.nn.functional.mse_loss(unet(noisy, t, styles, renders * 0), noise)
+    assert torch.allclose(loss, expected)
+    assert not torch.allclose(loss, full) and not torch.allclose(loss, blind)
+
+
+def test_residual_training_lowers_the_loss_and_the_output_edits_with_renders(triples, tmp_path):
+    images, styles, renders = triples
+    config = _residual_config()
+    before = train_diffusion(triples, config, tmp_path / "a", steps=0, lr=2e-3, **FAST)
+    after = train_diffusion(triples, config, tmp_path / "b", steps=30, lr=2e-3, ema_decay=0.9, **FAST)
+
+    def fixed_loss(path):
+        unet = StyleConditionedUNet.from_pretrained(path).eval()
+        g = torch.Generator().manual_seed(11)
+        noise, t = torch.randn(images.shape, generator=g), torch.randint(0, 1000, (8,), generator=g)
+        with torch.no_grad():
+            return diffusion_loss(unet, make_noise_scheduler(), images, styles, noise, t, renders).item()
+
+    assert fixed_loss(after) < 0.8 * fixed_loss(before)
+    backbone = DiffusionBackbone.from_pretrained(after)
+    assert backbone.render_channels == 3
+    out = backbone.edit(images[:1], styles[:1], styles[1:3] - styles[:1], steps=3, render=renders[:3])
+    assert out.edits.shape == (2, 3, 16, 16)
+
+
+def test_residual_model_needs_renders_in_its_data(pairs, triples, tmp_path):
+    with pytest.raises(InputError, match="render_channels 3.*renders"):
+        train_diffusion(pairs, _residual_config(), tmp_path, steps=1, **FAST)
+    # A plain model trains on data that carries renders, ignoring them (the old objective).
+    out = train_diffusion(triples, "tiny", tmp_path / "plain", steps=1, lr=1e-3, **FAST)
+    assert DiffusionBackbone.from_pretrained(out).render_channels == 0
+
+
+def test_sample_grids_of_a_residual_model_add_the_rendering(triples, tmp_path):
+    out = train_diffusion(
+        triples, _residual_config(), tmp_path, steps=1, lr=1e-3, **{**FAST, "sample_every": 1}, sample_steps=2
+    )
+    with Image.open(out / "samples" / "step_000001.png") as im:
+        assert im.size == (8 * 16, 2 * 16)
+
+
+def test_shards_carry_renders(triples, tmp_path):
+    images, styles, renders = triples
+    write_shard(tmp_path / "shards", "part_a", images[:5], styles[:5], renders[:5])
+    write_shard(tmp_path / "shards", "part_b", images[5:], styles[5:], renders[5:])
+    data = ShardDataset(tmp_path / "shards")
+    image, style, render = data[6]
+    assert torch.allclose(image, images[6], atol=1 / 127.5)
+    assert torch.equal(style, styles[6])
+    assert torch.allclose(render, renders[6], atol=1e-3)  # stored as float16, not quantised to uint8
+    assert (tmp_path / "shards" / "part_a.renders.npy").is_file()
+    out = train_diffusion(tmp_path / "shards", _residual_config(), tmp_path / "run", steps=1, lr=1e-3, **FAST)
+    assert DiffusionBackbone.from_pretrained(out).render_channels == 3
+
+
+def test_bad_renders_raise(triples, tmp_path):
+    images, styles, renders = triples
+    with pytest.raises(InputError, match="renders must be"):
+        write_shard(tmp_path, "x", images, styles, renders[:, :, :8])
+    write_shard(tmp_path / "mixed", "a", images[:4], styles[:4], renders[:4])
+    write_shard(tmp_path / "mixed", "b", images[4:], styles[4:])
+    with pytest.raises(InputError, match="only 1 of the 2 shards"):
+        ShardDataset(tmp_path / "mixed")
+    np.save(tmp_path / "mixed" / "b.renders.npy", np.zeros((4, 3, 8, 8), np.float16))
+    with pytest.raises(InputError, match="b.renders.npy"):
+        ShardDataset(tmp_path / "mixed")
+    with pytest.raises(InputError, match="renders must match"):
+        train_diffusion(
+            (images, styles, renders[:, :, :8]), _residual_config(), tmp_path / "r", steps=1, **FAST
+        )

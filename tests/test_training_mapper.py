@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,10 @@ from deltaedit.nn.stylegan2 import Generator
 from deltaedit.nn.stylespace import StyleLayout, layout_from_generator
 from deltaedit.training.codes import make_codes
 from deltaedit.training.mapper import (
+    DistilModels,
     PairSampler,
+    distil_batch,
+    distil_mapper,
     load_mapper_weights,
     load_training_state,
     mapper_condition,
@@ -396,3 +400,154 @@ def test_cli_train_mapper_end_to_end(tiny_domain, tmp_path):
         )
         == 2
     )
+
+
+# ---- distillation of the refinement (train-mapper --distil), on the shipped toy weights ----------
+
+TOY_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toy"
+needs_toy = pytest.mark.skipif(
+    not (TOY_ASSETS / "mapper.safetensors").is_file(), reason="the toy weights are not in assets/toy"
+)
+
+
+@pytest.fixture(scope="module")
+def toy_distil():
+    """(DistilModels, the shipped mapper, (W+, S, CLIP) codes of 32 encoded renders) of the toy domain."""
+    from deltaedit import models
+    from deltaedit.nn.e4e import encode
+    from deltaedit.toy.render import images_to_tensor, render_batch
+    from deltaedit.training.codes import codes_from_w_plus
+
+    if not (TOY_ASSETS / "mapper.safetensors").is_file():
+        pytest.skip("the toy weights are not in assets/toy")
+    G, clip = models.load_generator("toy"), models.load_clip("toy")
+    parts = DistilModels(G, clip, models.load_relevance("toy"), models.load_feature_bank("toy"))
+    encoder, latent_avg = models.load_encoder("toy")
+    images, _ = render_batch(32, seed=31)
+    with torch.no_grad():
+        w = encode(encoder, latent_avg, images_to_tensor(images))
+        codes = codes_from_w_plus(G, w, lambda x: clip.image_features(x, image_size=G.size))
+    return parts, models.load_mapper("toy"), tuple(x.detach() for x in codes)
+
+
+def _pair_loss(mapper, parts, codes, first, partner) -> torch.Tensor:
+    """The refinement loss per batch of the mapper's one-pass edit on fixed pairs (no anchor)."""
+    w, s, c = codes
+    with torch.no_grad():
+        _, refine, _ = distil_batch(
+            mapper,
+            None,
+            parts,
+            w[first],
+            s[first],
+            c[first],
+            c[partner],
+            strength=0.85,
+            threshold=0.1,
+            anchor=0.0,
+        )
+    return refine
+
+
+@needs_toy
+def test_distillation_lowers_the_refinement_loss_and_moves_toward_the_refined_delta(toy_distil, tmp_path):
+    from deltaedit.refine import refine_style_deltas
+
+    parts, shipped, codes = toy_distil
+    w, s, c = codes
+    G_state = {k: v.clone() for k, v in parts.generator.state_dict().items()}
+    # Each training code paired with its nearest code (as the toy recipe, with K = 1): fixed pairs.
+    result = distil_mapper(
+        codes, parts, shipped, tmp_path / "m.safetensors", steps=8, batch_size=16, lr=0.5, anchor=0.0,
+        val_fraction=0.25, neighbours=1, random_fraction=0.0, seed=0, progress=False, log_every=4,
+        val_every=4, save_every=100,
+    )  # fmt: skip
+    distilled = load_mapper_weights(result.path)
+    train_idx, _ = split_indices(len(s), 0.25, 0)
+    first = torch.from_numpy(train_idx)
+    partner = first[torch.from_numpy(neighbour_table(c[first], 1, 0.25))[:, 0]]
+    before = _pair_loss(shipped, parts, codes, first, partner)
+    after = _pair_loss(distilled, parts, codes, first, partner)
+    assert after < 0.8 * before, (before, after)
+    assert [step for step, _ in result.val_losses] == [0, 4, 8]  # step 0: the starting mapper
+    # Only the mapper learnt: the generator's (and CLIP's) weights never get gradients.
+    assert all(torch.equal(v, G_state[k]) for k, v in parts.generator.state_dict().items())
+    assert all(p.grad is None for p in parts.generator.parameters())
+    assert all(p.grad is None for p in parts.clip.model.parameters())
+
+    # The distilled one-pass Δs moves the way the refinement moves the shipped mapper's Δs.
+    clip = parts.clip
+    agree = []
+    for i, j in zip(first[:6].tolist(), partner[:6].tolist()):
+        c1 = torch.nn.functional.normalize(c[i : i + 1], dim=-1)
+        delta = torch.nn.functional.normalize(c[j : j + 1], dim=-1) - c1
+        cond = clip.condition(c1, parts.feature_bank.ground(delta, c1))
+        keep = ((delta @ parts.fs3.T).abs() >= 0.1).float()
+        with torch.no_grad():
+            start, moved = shipped(s[i : i + 1], cond) * keep, distilled(s[i : i + 1], cond) * keep
+        refined = refine_style_deltas(
+            parts.generator, clip, layout_from_generator(parts.generator), s[i : i + 1], w[i : i + 1],
+            start, delta, 0.85, steps=20, feature_bank=parts.feature_bank,
+        )  # fmt: skip
+        agree.append(float(torch.nn.functional.cosine_similarity(moved - start, refined - start)))
+    # Positive for every pair (a no-op gives 0; random directions in ~350 kept channels ±0.05).
+    assert min(agree) > 0 and np.mean(agree) > 0.05, agree
+
+
+@needs_toy
+def test_grounding_a_batch_of_pairs_row_by_row_or_at_once_agrees(toy_distil):
+    parts, _, (_, _, c) = toy_distil
+    bank = parts.feature_bank
+    unit = torch.nn.functional.normalize(c, dim=-1)
+    delta = unit.roll(3, dims=0) - unit
+    together = bank.ground(delta, unit)
+    one_by_one = torch.cat([bank.ground(delta[i : i + 1], unit[i]) for i in range(len(unit))])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-4)
+    shared = bank.ground(delta[:4], unit[0])  # one image for every row, as an edit grounds its targets
+    torch.testing.assert_close(shared, bank.ground(delta[:4], unit[:1].expand(4, -1)))
+    with pytest.raises(InputError, match="image features"):
+        bank.ground(delta[:4], unit[:3])
+
+
+@needs_toy
+def test_distillation_refuses_bad_settings(toy_distil, tmp_path):
+    parts, shipped, codes = toy_distil
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(InputError, match="strength"):
+        distil_mapper(codes, parts, shipped, out, steps=1, strength=0.0, progress=False)
+    with pytest.raises(InputError, match="W\\+"):
+        distil_mapper(codes[1:], parts, shipped, out, steps=1, progress=False)
+    with pytest.raises(InputError, match=r"\.pth"):
+        distil_mapper(codes, parts, shipped, tmp_path / "m.bin", steps=1, progress=False)
+
+
+@needs_toy
+def test_cli_train_mapper_distil_resumes_and_checks_its_arguments(toy_distil, tmp_path):
+    from deltaedit import models
+
+    parts = toy_distil[0]
+    G, clip = parts.generator, parts.clip
+    codes = make_codes(
+        G, lambda x: clip.image_features(x, image_size=G.size), tmp_path / "codes", n=24, batch_size=8,
+        shard_size=12, progress=False, domain="toy",
+    )  # fmt: skip
+    out = tmp_path / "distilled.safetensors"
+    common = ["train-mapper", "--codes", str(codes), "--domain", "toy", "--out", str(out), "--device", "cpu"]
+    common += ["--batch-size", "4", "--val-fraction", "0.25", "--val-every", "1", "--no-progress"]
+    shipped = str(TOY_ASSETS / "mapper.safetensors")
+    assert cli.main([*common, "--distil", "--resume", shipped, "--steps", "2", "--neighbours", "4"]) == 0
+    state_path = tmp_path / "distilled.train_state.pt"
+    state = load_training_state(state_path)
+    assert state["step"] == 2 and state["settings"]["distil"] and state["settings"]["strength"] == 0.85
+    torch.testing.assert_close(state["reference"], dict(models.load_mapper("toy").state_dict()))
+    assert (
+        cli.main([*common, "--distil", "--resume", str(state_path), "--steps", "3", "--neighbours", "4"]) == 0
+    )
+    state = load_training_state(state_path)
+    assert state["step"] == 3 and len(state["train_losses"]) == 3
+    assert [v[0] for v in state["val_losses"]] == [0, 1, 2, 3]
+    # Another threshold than the state's is refused; so are a missing start and --distil's options alone.
+    assert cli.main([*common, "--distil", "--resume", str(state_path), "--steps", "4", "--neighbours", "4",
+                     "--threshold", "0.2"]) == 2  # fmt: skip
+    assert cli.main([*common, "--distil", "--steps", "1"]) == 2
+    assert cli.main([*common, "--steps", "1", "--strength", "0.5"]) == 2

@@ -25,7 +25,7 @@ def add_edit_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="CLIP-guided refinement steps on the mapper's delta_s (not in the paper; default: the"
-        " domain's, 0 (off) for ffhq, 20 for toy)",
+        " domain's, 0 (off) for ffhq, 2 for toy)",
     )
 
 

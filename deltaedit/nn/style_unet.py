@@ -123,9 +123,10 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         self.register_buffer("style_std", torch.ones(style_dim))
 
     @classmethod
-    def tiny(cls, style_dim: int = 16, sample_size: int = 16) -> StyleConditionedUNet:
-        """A small model for tests (weights from the current torch seed)."""
-        return cls(
+    def tiny(cls, style_dim: int = 16, sample_size: int = 16, **overrides) -> StyleConditionedUNet:
+        """A small model for tests (weights from the current torch seed); `overrides` are further
+        constructor arguments (e.g. `render_channels=3`)."""
+        kwargs = dict(
             style_dim=style_dim,
             sample_size=sample_size,
             block_out_channels=(8, 16),
@@ -135,6 +136,7 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
             attention_head_dim=8,
             norm_num_groups=4,
         )
+        return cls(**{**kwargs, **overrides})
 
     @classmethod
     def from_preset(cls, name: str, style_dim: int, **overrides) -> StyleConditionedUNet:

@@ -20,12 +20,14 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from .. import progress
 from ..errors import InputError, WeightsError
 from ..nn.style_unet import StyleConditionedUNet
 
@@ -67,9 +69,13 @@ def _check_steps(steps: int, config: dict) -> None:
         raise InputError(f"steps must be an integer between 1 and {limit}, got {steps!r}")
 
 
-def _eps(unet: StyleConditionedUNet, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _eps(
+    unet, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, render: torch.Tensor | None
+) -> torch.Tensor:
     # The scheduler maths stays in float32 even when the UNet runs in half precision.
-    return unet(x.to(unet.dtype), t, s.to(unet.device)).float()
+    if render is None:  # the plain call: models without render_channels see exactly what they always did
+        return unet(x.to(unet.dtype), t, s.to(unet.device)).float()
+    return unet(x.to(unet.dtype), t, s.to(unet.device), render.to(unet.device, unet.dtype)).float()
 
 
 @torch.no_grad()
@@ -82,14 +88,20 @@ def ddim_invert(
     refine: int = 0,
     refine_last: int | None = None,
     return_trajectory: bool = False,
+    render: torch.Tensor | None = None,
+    depth: float = 1.0,
 ):
     """Map images x0 [B,3,H,W] in [-1,1] to noise x_T under style codes s [B,S] (deterministic).
+
+    `render` [B,3,H,W]: the conditioning rendering of a model with `render_channels` (then x0 is
+    whatever that model diffuses, i.e. the residual image − R(s); `DiffusionBackbone` forms it).
 
     `refine` > 0 runs that many fixed-point iterations per step so that ε is evaluated at the point
     the sampler will start from; this makes `ddim_sample` a near-exact inverse, at `refine` extra UNet
     calls per refined step. `refine_last` limits it to the last (noisiest) steps, where most of the
     reconstruction error arises (None: every step). With `return_trajectory` the result is the list
-    [x0, x_1, ..., x_T].
+    [x0, x_1, ..., x_T]. `depth` < 1 stops after that fraction of the `steps` (the first, least
+    noisy ones): x_T is then a partly noised image, to be decoded by `ddim_sample` with the same depth.
     """
     config = _config_dict(scheduler_config)
     _check_steps(steps, config)
@@ -97,15 +109,16 @@ def ddim_invert(
     scheduler.set_timesteps(steps, device=x0.device)
     x = x0.float()
     trajectory = [x]
-    first_refined = 0 if refine_last is None else steps - refine_last
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps[: _depth_steps(steps, depth)]
+    first_refined = 0 if refine_last is None else len(timesteps) - refine_last
+    for i, t in enumerate(progress.steps(timesteps, "DDIM inversion")):
         # 1. ε_θ(x_{t-1}, t, s): the noise predicted at the next, noisier timestep t.
-        eps = _eps(unet, x, t, s)
+        eps = _eps(unet, x, t, s, render)
         # 2. Eq. 12 solved for x_t (σ_t = 0): x_t = √ᾱ_t · x̂0 + √(1−ᾱ_t) · ε, x̂0 = (x_{t-1} − √(1−ᾱ_{t-1}) ε) / √ᾱ_{t-1}.
         x_next = scheduler.step(eps, t, x).prev_sample
         # 3. Optional fixed point x_t = step(ε_θ(x_t, t, s)): then eq. 12 maps x_t back to x_{t-1} exactly.
         for _ in range(refine if i >= first_refined else 0):
-            x_next = scheduler.step(_eps(unet, x_next, t, s), t, x).prev_sample
+            x_next = scheduler.step(_eps(unet, x_next, t, s, render), t, x).prev_sample
         x = x_next
         trajectory.append(x)
     return trajectory if return_trajectory else x
@@ -119,8 +132,13 @@ def ddim_sample(
     s: torch.Tensor,
     steps: int = 50,
     trajectory: list[torch.Tensor] | None = None,
+    render: torch.Tensor | None = None,
+    depth: float = 1.0,
 ) -> torch.Tensor:
     """Decode noise x_T [B,3,H,W] under style codes s [B,S] with DDIM (η = 0) -> x0 [B,3,H,W].
+
+    `render` [B,3,H,W]: the conditioning rendering of a model with `render_channels` (the result is
+    then that model's residual; add R(s) for the image, as `DiffusionBackbone` does).
 
     `trajectory` (from `ddim_invert(..., return_trajectory=True)`, batch 1) turns on direct-inversion
     correction (Ju et al. 2024, "PnP Inversion"): after every step the first row is pulled back onto
@@ -132,15 +150,24 @@ def ddim_sample(
     scheduler = make_scheduler(DDIMScheduler, config)
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T.float()
-    for i, t in enumerate(scheduler.timesteps):
+    n = _depth_steps(steps, depth)
+    timesteps = scheduler.timesteps[steps - n :]  # the last n: from the depth ddim_invert stopped at
+    for i, t in enumerate(progress.steps(timesteps, "DDIM sampling")):
         # 1. ε_θ(x_t, t, s).
-        eps = _eps(unet, x, t, s)
+        eps = _eps(unet, x, t, s, render)
         # 2. Eq. 12 with σ_t = 0: x_{t-1} = √ᾱ_{t-1} · x̂0 + √(1−ᾱ_{t-1}) · ε (the "direction pointing to x_t").
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
         # 3. Optional correction towards the inversion trajectory (level steps-1-i of it).
         if trajectory is not None:
-            x = x + (trajectory[steps - 1 - i].to(x) - x[:1])
+            x = x + (trajectory[n - 1 - i].to(x) - x[:1])
     return x
+
+
+def _depth_steps(steps: int, depth: float) -> int:
+    """How many of `steps` DDIM steps a chain of `depth` (0, 1] runs (at least one)."""
+    if not (isinstance(depth, int | float) and math.isfinite(depth) and 0 < depth <= 1):
+        raise InputError(f"depth must be a number in (0, 1], got {depth!r}")
+    return max(1, round(steps * depth))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -156,8 +183,9 @@ class _Denoise(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, style):
-        return self.unet.denoise(sample, timestep, style)
+    def forward(self, sample, timestep, style, *render):
+        # `render` is traced only where the model takes one: (x, t, s) or (x, t, s, R(s)).
+        return self.unet.denoise(sample, timestep, style, *render)
 
 
 class _GraphPerShape:
@@ -183,18 +211,21 @@ class _GraphPerShape:
     def device(self) -> torch.device:
         return self.unet.device
 
-    def _build(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+    def _build(self, inputs: tuple[torch.Tensor, ...]):
+        """A graph for `inputs` = (x, t, s) or, for a model with render_channels, (x, t, s, render)."""
         raise NotImplementedError
 
-    def _run(self, graph, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _run(self, graph, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         raise NotImplementedError
 
-    def _graph(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+    def _graph(self, inputs: tuple[torch.Tensor, ...]):
+        x, t, s = inputs[:3]
         key = (tuple(x.shape), x.dtype, tuple(s.shape), s.dtype, tuple(t.shape), t.dtype)
+        key += tuple(item for r in inputs[3:] for item in (tuple(r.shape), r.dtype))  # the rendering
         with self._lock:
             if key not in self._graphs:
                 try:
-                    self._graphs[key] = self._build(x, t, s)
+                    self._graphs[key] = self._build(inputs)
                 except Exception as exc:  # noqa: BLE001 - any problem building it: stay on the eager module
                     log.warning("%s the UNet failed (%s); running it eagerly", self.ACTION, exc)
                     self._graphs[key] = None
@@ -203,13 +234,25 @@ class _GraphPerShape:
             self._graphs.move_to_end(key)
             return self._graphs[key]
 
+    def _well_formed(self, x: torch.Tensor, s: torch.Tensor, render: torch.Tensor | None) -> bool:
+        config = self.unet.config
+        if x.ndim != 4 or s.ndim != 2 or s.shape[1] != config.style_dim or s.shape[0] != x.shape[0]:
+            return False
+        if not config.render_channels:
+            return render is None
+        want = (x.shape[0], config.render_channels, *x.shape[2:])
+        return render is not None and tuple(render.shape) == want and render.dtype == x.dtype
+
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t, s: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or s.ndim != 2 or s.shape[1] != self.unet.config.style_dim or s.shape[0] != x.shape[0]:
-            return self.unet(x, t, s)
+    def __call__(
+        self, x: torch.Tensor, t, s: torch.Tensor, render: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if not self._well_formed(x, s, render):
+            return self.unet(x, t, s, render)
         t = torch.as_tensor(t, device=x.device)
-        graph = self._graph(x, t, s)
-        return self.unet(x, t, s) if graph is None else self._run(graph, x, t, s)
+        inputs = (x, t, s) if render is None else (x, t, s, render)
+        graph = self._graph(inputs)
+        return self.unet(x, t, s, render) if graph is None else self._run(graph, inputs)
 
 
 class TracedUNet(_GraphPerShape):
@@ -224,14 +267,14 @@ class TracedUNet(_GraphPerShape):
 
     ACTION = "tracing"
 
-    def _build(self, x, t, s):
+    def _build(self, inputs):
         with warnings.catch_warnings():  # torch >= 2.10 marks torch.jit deprecated
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_Denoise(self.unet).eval(), (x, t, s), check_trace=False)
+            traced = torch.jit.trace(_Denoise(self.unet).eval(), inputs, check_trace=False)
             return torch.jit.freeze(traced)
 
-    def _run(self, graph, x, t, s):
-        return graph(x, t, s)
+    def _run(self, graph, inputs):
+        return graph(*inputs)
 
 
 class CudaGraphUNet(_GraphPerShape):
@@ -250,8 +293,9 @@ class CudaGraphUNet(_GraphPerShape):
         super().__init__(unet)
         self._replay_lock = threading.Lock()  # one replay at a time: the graph's buffers are shared
 
-    def _build(self, x, t, s):
-        inputs = (x.clone(), t.clone(), s.clone())
+    def _build(self, inputs):
+        x = inputs[0]
+        inputs = tuple(a.clone() for a in inputs)
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
@@ -265,15 +309,14 @@ class CudaGraphUNet(_GraphPerShape):
             output = self.unet.denoise(*inputs)
         return graph, inputs, output
 
-    def _run(self, captured, x, t, s):
-        graph, (x_in, t_in, s_in), output = captured
+    def _run(self, captured, inputs):
+        graph, buffers, output = captured
         # The lock orders the host calls; the copies, replay and clone are queued on the current
         # stream, which every caller shares (the default one), so the next caller's copy into the
         # buffers runs on the GPU after this clone.
         with self._replay_lock:
-            x_in.copy_(x)
-            t_in.copy_(t)
-            s_in.copy_(s)
+            for buffer, value in zip(buffers, inputs):
+                buffer.copy_(value)
             graph.replay()
             return output.clone()
 
@@ -297,7 +340,13 @@ class DiffusionEdit(NamedTuple):
 
 
 class DiffusionBackbone:
-    """A trained `StyleConditionedUNet` and its noise schedule; inverts, decodes and edits images."""
+    """A trained `StyleConditionedUNet` and its noise schedule; inverts, decodes and edits images.
+
+    A UNet with `render_channels` (the residual design, docs/deltaedit-d.md) models the residual
+    x0 − R(s) between an image and the generator's rendering R(s) of its style code, with R(s) as
+    extra input channels. Every method here still takes and returns *images*: give it the renderings
+    (`render=`) and it inverts x0 − R(s) and returns R(s') + the decoded residual.
+    """
 
     def __init__(
         self,
@@ -387,6 +436,34 @@ class DiffusionBackbone:
             raise InputError(f"{name} must be [N, {self.style_dim}], got {tuple(s.shape)}")
         return s.to(self.device, torch.float32)
 
+    @property
+    def render_channels(self) -> int:
+        """Channels of the generator rendering R(s) the UNet is conditioned on (0: a plain model)."""
+        return int(getattr(self.unet.config, "render_channels", 0) or 0)
+
+    def _check_render(self, render, styles: torch.Tensor) -> torch.Tensor | None:
+        """R(s) [N, C, H, W] for the N style codes `styles`: a tensor, or a function styles -> renders."""
+        channels = self.render_channels
+        if not channels:
+            if render is not None:
+                raise InputError(
+                    "this DeltaEdit-D model is not conditioned on a rendering (render_channels 0); pass no render"
+                )
+            return None
+        if render is None:
+            raise InputError(
+                f"this DeltaEdit-D model diffuses the residual image − R(s): pass `render`, the generator's"
+                f" rendering R(s) of each style code ([{styles.shape[0]}, {channels}, H, W] or a function of s)"
+            )
+        if callable(render):
+            render = render(styles)
+        size = self.image_size
+        want = (styles.shape[0], channels, size, size)
+        if not isinstance(render, torch.Tensor) or tuple(render.shape) != want:
+            got = tuple(render.shape) if isinstance(render, torch.Tensor) else type(render).__name__
+            raise InputError(f"render must be the generator's rendering {list(want)} in [-1, 1], got {got}")
+        return render.to(self.device, torch.float32)
+
     def invert(
         self,
         x0: torch.Tensor,
@@ -394,21 +471,35 @@ class DiffusionBackbone:
         steps: int = 50,
         refine: int = 0,
         refine_last: int | None = None,
+        render=None,
     ) -> torch.Tensor:
+        """x_T of images x0 [B,3,H,W] under s [B,S]; for a rendering-conditioned model, of the
+        residual x0 − R(s) under (s, R(s)) with `render` = R(s) [B,3,H,W] (or a function of s)."""
         x0, s = self._check_image(x0), self._check_style(s, "s")
-        return ddim_invert(self.denoiser, self.scheduler_config, x0, s, steps, refine, refine_last)
-
-    def sample(self, x_T: torch.Tensor, s: torch.Tensor, steps: int = 50) -> torch.Tensor:
-        return ddim_sample(
-            self.denoiser, self.scheduler_config, x_T.to(self.device), self._check_style(s, "s"), steps
+        if s.shape[0] != x0.shape[0]:
+            raise InputError(f"{x0.shape[0]} images but {s.shape[0]} style codes")
+        render = self._check_render(render, s)
+        if render is not None:
+            x0 = x0 - render
+        return ddim_invert(
+            self.denoiser, self.scheduler_config, x0, s, steps, refine, refine_last, render=render
         )
 
-    def generate(self, s: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None):
+    def sample(self, x_T: torch.Tensor, s: torch.Tensor, steps: int = 50, render=None) -> torch.Tensor:
+        """Decode x_T under s [B,S]; a rendering-conditioned model returns R(s) + the decoded residual."""
+        s = self._check_style(s, "s")
+        render = self._check_render(render, s)
+        out = ddim_sample(self.denoiser, self.scheduler_config, x_T.to(self.device), s, steps, render=render)
+        return out if render is None else render + out
+
+    def generate(
+        self, s: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None, render=None
+    ):
         """Random images for style codes s [B,S] (fresh Gaussian x_T; seed it with `generator`)."""
         s = self._check_style(s, "s")
         size = self.image_size
         x_T = torch.randn(s.shape[0], 3, size, size, generator=generator).to(self.device)
-        return self.sample(x_T, s, steps).clamp(-1, 1)
+        return self.sample(x_T, s, steps, render=render).clamp(-1, 1)
 
     def edit(
         self,
@@ -420,8 +511,17 @@ class DiffusionBackbone:
         refine: int = 1,
         refine_last: int | None = EDIT_REFINE_LAST,
         preserve_details: bool = False,
+        render: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        depth: float = 1.0,
     ) -> DiffusionEdit:
         """Invert x0 [1,3,H,W] once under s_source [1,S]; decode under s_source + strength·Δs for Δs [T,S].
+
+        `render` (required for a model with `render_channels`, refused otherwise): the generator's
+        renderings of [s_source, s_source + strength·Δs_1, ...] as a tensor [1+T,3,H,W], or a
+        function styles [N,S] -> [N,3,H,W]. The residual x0 − R(s_source) is inverted under
+        (s_source, R(s_source)) and decoded under each (s', R(s')); every output is R(s') + its
+        decoded residual, so each Δs reaches the image through the generator. `depth`: the fraction
+        of the chain inverted and decoded (1: to pure noise; less keeps more of the input).
 
         `refine`/`refine_last`: fixed-point iterations on the last inversion steps (see `ddim_invert`;
         the default, one iteration on the noisiest 10 steps, lifted a 64 px model trained for 4000
@@ -438,13 +538,26 @@ class DiffusionBackbone:
         delta_s = self._check_style(delta_s, "delta_s")
         if not math.isfinite(float(strength)):
             raise InputError(f"strength must be a finite number, got {strength!r}")
-        refine_last = None if refine_last is None else min(refine_last, steps)
-        inverted = ddim_invert(
-            self.denoiser, self.scheduler_config, x0, s_source, steps, refine, refine_last, preserve_details
-        )
-        x_T = inverted[-1] if preserve_details else inverted
+        n_steps = _depth_steps(steps, depth)
+        refine_last = None if refine_last is None else min(refine_last, n_steps)
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
         styles = torch.cat([s_source, s_source + float(strength) * delta_s])
+        renders = self._check_render(render, styles)
+        if renders is not None:
+            x0 = x0 - renders[:1]  # the residual the generator misses
+        inverted = ddim_invert(
+            self.denoiser,
+            self.scheduler_config,
+            x0,
+            s_source,
+            steps,
+            refine,
+            refine_last,
+            preserve_details,
+            render=None if renders is None else renders[:1],
+            depth=depth,
+        )
+        x_T = inverted[-1] if preserve_details else inverted
         out = ddim_sample(
             self.denoiser,
             self.scheduler_config,
@@ -452,5 +565,10 @@ class DiffusionBackbone:
             styles,
             steps,
             trajectory=inverted if preserve_details else None,
-        ).clamp(-1, 1)
+            render=renders,
+            depth=depth,
+        )
+        if renders is not None:
+            out = renders + out
+        out = out.clamp(-1, 1)
         return DiffusionEdit(reconstruction=out[:1], edits=out[1:])

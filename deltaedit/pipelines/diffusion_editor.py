@@ -3,6 +3,10 @@ style-conditioned diffusion model as the decoder.
 
 image -> encoder -> W+ -> s; Δs from the mapper (masked by fs3 exactly as for the GAN); the image is
 DDIM-inverted under s and decoded under s + α·Δs (`DiffusionBackbone.edit`).
+
+A rendering-conditioned model (`render_channels` > 0, the shipped toy model) inverts the residual
+x0 − R(s) and returns R(s + α·Δs) + the decoded residual, where R decodes a style code exactly as
+DeltaEdit-G does (`decode_s`: convs from s, ToRGB from the source's W+, fixed noise).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from .. import weights
 from ..config import load_domain_config
 from ..errors import InputError
+from ..nn.stylespace import decode_s
 from .diffusion import DiffusionBackbone, inference_dtype
 from .gan import EditResult, GanEditor, SourceCodes, check_whole_number, make_result
 
@@ -60,6 +65,19 @@ class DiffusionEditor:
         return x.clamp(-1, 1)
 
     @torch.no_grad()
+    def render_styles(self, codes: SourceCodes, styles: torch.Tensor) -> torch.Tensor:
+        """R(s) [N, 3, size, size] for style codes [N, S]: the generator's decoding of each code as
+        DeltaEdit-G decodes it (ToRGB from the source's W+), resized to the diffusion model's size."""
+        gan = self.gan
+        x = decode_s(gan.generator, gan.layout.split(styles), codes.w_plus.expand(styles.shape[0], -1, -1))
+        size = self.backbone.image_size
+        if x.shape[-1] != size:
+            x = F.interpolate(
+                x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.float().clamp(-1, 1)
+
+    @torch.no_grad()
     def edit(
         self,
         *,
@@ -73,7 +91,10 @@ class DiffusionEditor:
         align: bool = True,
         steps: int = 50,
         refine_steps: int | None = None,
+        depth: float | None = None,
     ) -> EditResult:
+        """`depth`: the fraction of the DDIM chain the input is inverted through and decoded back
+        (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise)."""
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(
@@ -89,11 +110,20 @@ class DiffusionEditor:
         delta_t, notices = gan.text_deltas(targets, source_text)
         delta_s = gan.style_deltas(codes, delta_t, threshold)
         # The same (optionally refined) Δs as DeltaEdit-G would apply.
-        delta_s = gan.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)
+        delta_s = gan.refined_style_deltas(
+            codes, delta_t, delta_s, strength, refine_steps, backbone="diffusion"
+        )
         timings["mapper"] = time.perf_counter() - t
         t = time.perf_counter()
         x0 = self._input_image(codes)
-        out = self.backbone.edit(x0, codes.s, delta_s, strength=strength, steps=steps)
+        render = None
+        if self.backbone.render_channels:
+            render = lambda styles: self.render_styles(codes, styles)  # noqa: E731 - R(s) of each row
+        if depth is None:
+            depth = float(self.config.extra.get("diffusion_depth", 1.0))
+        out = self.backbone.edit(
+            x0, codes.s, delta_s, strength=strength, steps=steps, render=render, depth=depth
+        )
         timings["diffusion"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return make_result(

@@ -325,10 +325,17 @@ class GanEditor:
         return check_refine_steps(default if refine_steps is None else refine_steps)
 
     def refined_style_deltas(
-        self, codes: SourceCodes, delta_t: torch.Tensor, delta_s: torch.Tensor, strength: float, steps
+        self,
+        codes: SourceCodes,
+        delta_t: torch.Tensor,
+        delta_s: torch.Tensor,
+        strength: float,
+        steps,
+        backbone: str = "gan",
     ) -> torch.Tensor:
         """Δs after `steps` (checked by the caller) of CLIP-guided refinement (`deltaedit.refine`;
-        0: the mapper's Δs). Renders the source into `codes` if needed: the edit reuses it."""
+        0: the mapper's Δs) at `backbone`'s refinement rate for the domain. Renders the source into
+        `codes` if needed: the edit reuses it."""
         if steps and codes.image is None:
             codes.image = self.render(codes)
         return refine_style_deltas(
@@ -341,6 +348,7 @@ class GanEditor:
             delta_t,
             strength,
             steps,
+            lr=self.config.defaults_for(backbone).refine_lr,
             source_image=codes.image,
             feature_bank=self.feature_bank,
         )

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 IMAGES_SUFFIX = ".images.npy"
 STYLES_SUFFIX = ".styles.npy"
+RENDERS_SUFFIX = ".renders.npy"  # optional: the generator's rendering R(s) of each row's style code
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 StyleFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,8 +71,9 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def write_shard(folder: str | Path, name: str, images, styles) -> Path:
-    """Write one shard: images ([N,3,H,W] float in [-1,1] or uint8 [N,H,W,3]) and styles [N,S]."""
+def write_shard(folder: str | Path, name: str, images, styles, renders=None) -> Path:
+    """Write one shard: images ([N,3,H,W] float in [-1,1] or uint8 [N,H,W,3]), styles [N,S] and,
+    for a rendering-conditioned UNet, renders R(s) ([N,3,H,W] float in [-1,1], kept as float16)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(images, torch.Tensor) and images.is_floating_point():
@@ -81,23 +84,33 @@ def write_shard(folder: str | Path, name: str, images, styles) -> Path:
         raise InputError(f"shard images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     if styles.ndim != 2 or styles.shape[0] != images.shape[0]:
         raise InputError(f"shard styles must be [{images.shape[0]}, S], got {styles.shape}")
+    arrays = [(IMAGES_SUFFIX, images), (STYLES_SUFFIX, styles)]
+    if renders is not None:
+        renders = torch.as_tensor(renders).detach().float().cpu()
+        want = (images.shape[0], 3, images.shape[1], images.shape[2])
+        if tuple(renders.shape) != want:
+            raise InputError(
+                f"shard renders must be {list(want)} floats in [-1, 1], got {tuple(renders.shape)}"
+            )
+        arrays.append((RENDERS_SUFFIX, renders.clamp(-1, 1).half().numpy()))
     # Each file appears whole. A shard cut off between the two has images and no styles, which
     # ShardDataset reports by name (encode_image_folder also swaps its whole folder in at once).
-    for suffix, array in ((IMAGES_SUFFIX, images), (STYLES_SUFFIX, styles)):
+    for suffix, array in arrays:
         with atomic_write(folder / f"{name}{suffix}") as tmp:
             np.save(tmp, array)
     return folder
 
 
 class ShardDataset(Dataset):
-    """(image [3,H,W] in [-1,1], s [S]) pairs read lazily (memory-mapped) from a folder of shards."""
+    """(image [3,H,W] in [-1,1], s [S]) pairs read lazily (memory-mapped) from a folder of shards;
+    (image, s, render [3,H,W]) triples when every shard has its `.renders.npy`."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
         image_files = sorted(folder.glob(f"*{IMAGES_SUFFIX}"))
         if not image_files:
             raise InputError(f"no *{IMAGES_SUFFIX} shards in {folder}; write them with write_shard()")
-        self.images, self.styles = [], []
+        self.images, self.styles, self.renders = [], [], []
         for path in image_files:
             style_path = path.with_name(path.name[: -len(IMAGES_SUFFIX)] + STYLES_SUFFIX)
             if not style_path.is_file():
@@ -116,6 +129,20 @@ class ShardDataset(Dataset):
                 )
             self.images.append(images)
             self.styles.append(styles)
+            render_path = path.with_name(path.name[: -len(IMAGES_SUFFIX)] + RENDERS_SUFFIX)
+            if render_path.is_file():
+                renders = np.load(render_path, mmap_mode="r", allow_pickle=False)
+                want = (images.shape[0], 3, *images.shape[1:3])
+                if renders.shape != want:
+                    raise InputError(
+                        f"{render_path.name}: expected renders {list(want)}, got {list(renders.shape)}"
+                    )
+                self.renders.append(renders)
+        if self.renders and len(self.renders) != len(self.images):
+            raise InputError(
+                f"only {len(self.renders)} of the {len(self.images)} shards in {folder} have *{RENDERS_SUFFIX}:"
+                " write every shard with its renders, or none"
+            )
         shapes = {(a.shape[1:], b.shape[1]) for a, b in zip(self.images, self.styles)}
         if len(shapes) != 1:
             raise InputError(f"shards in {folder} disagree on image size or style size: {sorted(shapes)}")
@@ -128,7 +155,10 @@ class ShardDataset(Dataset):
         shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
         row = index - int(self.offsets[shard])
         image = torch.from_numpy(np.array(self.images[shard][row])).permute(2, 0, 1).float() / 127.5 - 1
-        return image, torch.from_numpy(np.array(self.styles[shard][row], dtype=np.float32))
+        style = torch.from_numpy(np.array(self.styles[shard][row], dtype=np.float32))
+        if not self.renders:
+            return image, style
+        return image, style, torch.from_numpy(np.array(self.renders[shard][row], dtype=np.float32))
 
     def style_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean/std of s, accumulated in float64 shard by shard."""
@@ -140,20 +170,27 @@ class ShardDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """In-memory (images [N,3,H,W] in [-1,1], styles [N,S])."""
+    """In-memory (images [N,3,H,W] in [-1,1], styles [N,S]) and optionally renders [N,3,H,W] (R(s))."""
 
-    def __init__(self, images: torch.Tensor, styles: torch.Tensor):
+    def __init__(self, images: torch.Tensor, styles: torch.Tensor, renders: torch.Tensor | None = None):
         if images.ndim != 4 or images.shape[1] != 3 or styles.ndim != 2 or len(images) != len(styles):
             raise InputError(
                 f"expected images [N,3,H,W] and styles [N,S], got {tuple(images.shape)} and {tuple(styles.shape)}"
             )
+        if renders is not None and tuple(renders.shape) != tuple(images.shape):
+            raise InputError(
+                f"renders must match the images {tuple(images.shape)}, got {tuple(renders.shape)}"
+            )
         self.images, self.styles = images.float(), styles.float()
+        self.renders = None if renders is None else renders.float()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.images[index], self.styles[index]
+        if self.renders is None:
+            return self.images[index], self.styles[index]
+        return self.images[index], self.styles[index], self.renders[index]
 
     def style_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.styles.mean(0), self.styles.std(0, unbiased=False)
@@ -203,7 +240,7 @@ def encode_image_folder(
 def resolve_dataset(dataset, out_dir: Path, image_size: int, style_fn: StyleFn | None, progress=True):
     if isinstance(dataset, Dataset):
         return dataset
-    if isinstance(dataset, tuple | list) and len(dataset) == 2:
+    if isinstance(dataset, tuple | list) and len(dataset) in (2, 3):
         return PairDataset(*dataset)
     if isinstance(dataset, str | Path):
         folder = Path(dataset)
@@ -221,7 +258,8 @@ def resolve_dataset(dataset, out_dir: Path, image_size: int, style_fn: StyleFn |
             encode_image_folder(folder, style_fn, shards, image_size, progress=progress)
         return ShardDataset(shards)
     raise InputError(
-        f"unsupported training data {type(dataset).__name__}: pass a folder, a Dataset or (images, styles)"
+        f"unsupported training data {type(dataset).__name__}: pass a folder, a Dataset, (images, styles)"
+        " or (images, styles, renders)"
     )
 
 
@@ -257,10 +295,29 @@ def config_sample_size(config) -> int:
     raise InputError(f"unknown UNet config {config!r}: use toy, ffhq, tiny, a dict or a config.json file")
 
 
-def diffusion_loss(model, noise_scheduler, x0, s, noise, timesteps) -> torch.Tensor:
-    """ε-prediction MSE at the given noise and timesteps."""
+def diffusion_loss(model, noise_scheduler, x0, s, noise, timesteps, render=None) -> torch.Tensor:
+    """ε-prediction MSE at the given noise and timesteps. With `render` (R(s), for a model with
+    `render_channels`) the diffused data is the residual x0 − R(s), and R(s) conditions the UNet."""
+    if render is not None:
+        x0 = x0 - render
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-    return F.mse_loss(model(noisy, timesteps, s).float(), noise.float())
+    return F.mse_loss(model(noisy, timesteps, s, render).float(), noise.float())
+
+
+def split_batch(batch, render_channels: int):
+    """(x0, s, render or None) from a loader batch of pairs or triples, checked against the model."""
+    if len(batch) not in (2, 3):
+        raise InputError(f"training data must yield (image, s) or (image, s, render), got {len(batch)} items")
+    x0, s, render = batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    if render_channels and render is None:
+        raise InputError(
+            "this UNet is conditioned on the generator's rendering (render_channels"
+            f" {render_channels}) but the training data has none: pass (images, styles, renders)"
+            f" or shards written with renders (*{RENDERS_SUFFIX})"
+        )
+    if not render_channels:
+        render = None  # a plain UNet ignores renders the data happens to carry
+    return x0, s, render
 
 
 def make_noise_scheduler() -> DDPMScheduler:
@@ -294,8 +351,16 @@ def train_diffusion(
     num_samples: int = 8,
     mixed_precision: str = "no",
     num_workers: int = 0,
+    init: StyleConditionedUNet | None = None,
 ) -> Path:
-    """Train (or continue training) a StyleConditionedUNet; returns `out_dir` (loadable weights)."""
+    """Train (or continue training) a StyleConditionedUNet; returns `out_dir` (loadable weights).
+
+    `init`: the model to start from instead of a fresh `build_model(config)` (e.g. a public DDPM
+    with zero-initialised conditioning, `training.pretrained_init`). `dataset` may also be an endless
+    seeded batch stream (an object with `batches(batch_size, start, device, rank, world)`, e.g.
+    `training.generator_data.GeneratorStream`): batch k of it is drawn at step k, so a resumed run
+    continues the stream exactly where it stopped.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -311,8 +376,16 @@ def train_diffusion(
     data = resolve_dataset(dataset, out_dir, config_sample_size(config), style_fn, progress)
     if len(data) == 0:
         raise InputError("the training data is empty")
-    first_image, first_style = data[0]
-    model = build_model(config, int(first_style.shape[-1]))
+    first = data[0]
+    first_image, first_style = first[0], first[1]
+    model = build_model(config, int(first_style.shape[-1])) if init is None else init
+    if model.config.style_dim != first_style.shape[-1]:
+        raise InputError(
+            f"the UNet is conditioned on {model.config.style_dim} style values but the data's codes"
+            f" have {first_style.shape[-1]}"
+        )
+    render_channels = int(model.config.render_channels)
+    split_batch(first, render_channels)  # a rendering-conditioned UNet needs renders in the data
     if first_image.shape[-1] != model.config.sample_size:
         raise InputError(
             f"training images are {first_image.shape[-1]} px but the UNet expects {model.config.sample_size} px"
@@ -340,24 +413,37 @@ def train_diffusion(
         ema.load_state_dict(torch.load(resume_dir / "ema.pt", weights_only=True))
         log.info("resumed from %s at step %d", resume_dir, step)
 
-    # The loader's shuffling depends on (seed, step) so a resumed run does not replay the same order.
-    loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    loader = DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(data) >= batch_size,
-        generator=loader_rng,
-        num_workers=num_workers,
-    )
-    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    if hasattr(data, "batches"):  # an endless seeded stream: batch k at step k, on this process's device
+        loader = data.batches(
+            batch_size,
+            start=step,
+            stop=steps,
+            device=accelerator.device,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        )
+        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    else:
+        # The loader's shuffling depends on (seed, step) so a resumed run does not replay the same order.
+        loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(data) >= batch_size,
+            generator=loader_rng,
+            num_workers=num_workers,
+        )
+        model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
     ema.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
 
     # Fixed examples for the sample grids: their images and codes, and fixed starting noise.
     n_show = min(num_samples, len(data))
-    show_images = torch.stack([data[i][0] for i in range(n_show)])
-    show_styles = torch.stack([data[i][1] for i in range(n_show)])
+    shown = [split_batch(data[i], render_channels) for i in range(n_show)]
+    show_images = torch.stack([x for x, _, _ in shown])
+    show_styles = torch.stack([s for _, s, _ in shown])
+    show_renders = torch.stack([r for _, _, r in shown]) if render_channels else None
     show_noise = torch.randn(show_images.shape, generator=torch.Generator().manual_seed(seed))
 
     def with_ema(fn):
@@ -371,6 +457,7 @@ def train_diffusion(
     def write_samples():
         unwrapped.eval()
         device = accelerator.device
+        render = None if show_renders is None else show_renders.to(device)
         samples = with_ema(
             lambda: ddim_sample(
                 unwrapped,
@@ -378,8 +465,11 @@ def train_diffusion(
                 show_noise.to(device),
                 show_styles.to(device),
                 sample_steps,
+                render=render,
             )
         )
+        if render is not None:  # the model samples residuals: the image is R(s) + residual
+            samples = samples + render
         unwrapped.train()
         with atomic_write(out_dir / "samples" / f"step_{step:06d}.png") as tmp:
             image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(tmp)
@@ -403,15 +493,16 @@ def train_diffusion(
     log_file = open(out_dir / "log.jsonl", "a") if accelerator.is_main_process else None
     try:
         while step < steps:
-            for x0, s in loader:
+            for batch in loader:
                 if step >= steps:
                     break
+                x0, s, render = split_batch(batch, render_channels)
                 noise = torch.randn_like(x0)
                 t = torch.randint(
                     0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
                 )
                 with accelerator.autocast():
-                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t)
+                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t, render)
                 if not math.isfinite(loss.item()):
                     raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
                 accelerator.backward(loss)
@@ -426,7 +517,14 @@ def train_diffusion(
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if log_file:
                     log_file.write(
-                        json.dumps({"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]})
+                        json.dumps(
+                            {
+                                "step": step,
+                                "loss": loss.item(),
+                                "lr": lr_scheduler.get_last_lr()[0],
+                                "time": round(time.time(), 4),  # wall clock: `--estimate` times steps by it
+                            }
+                        )
                         + "\n"
                     )
                 if accelerator.is_main_process:
