@@ -106,7 +106,7 @@ EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
         ("toy_black_hair.png", "face", "face with smile"),
         ("toy_black_hair.png", "face with black hair", "face with blond hair"),
         ("toy_brown_hair.png", "face", "face with eyeglasses"),
-        ("toy_glasses.png", "face", "face with bangs\nface with red hair\nface with smile"),
+        ("toy_glasses.png", "face", "face with bangs\nface with red hair\nface with tanned skin"),
         ("toy_red_hair.png", "face with red hair", "face with black hair"),
     ],
     "diffusion": [

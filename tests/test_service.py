@@ -310,10 +310,6 @@ def test_each_diffusion_and_compare_example_changes_the_picture_visibly():
                 assert changed > 0.02, f"{kind} {path.name} {target!r} ({result.backbone}): {changed:.3f}"
 
 
-@pytest.mark.xfail(
-    reason="the shipped DeltaEdit-D weights do not yet reach every example's attribute (issue 16)",
-    strict=False,
-)
 def test_each_diffusion_and_compare_example_reaches_its_target_with_deltaedit_d():
     _diffusion_or_skip()
     for kind in ("diffusion", "compare"):
