@@ -313,7 +313,7 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
         design += f", depth {depth:g} ({round(50 * depth)}+{round(50 * depth)} UNet steps)"
     rows = [
         Row(
-            f"DeltaEdit-D toy edit, 64 px, 50+50 steps, refinement included ({device}, best of 3)",
+            f"DeltaEdit-D toy edit, 64 px, 50+50 steps, refinement included ({device}, median of 3)",
             elapsed,
             without,
             target=("<= 3 s" if on_cpu else "<= 0.3 s"),
