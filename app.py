@@ -467,17 +467,12 @@ def build_demo() -> gr.Blocks:
                     with gr.Tab("DeltaEdit-G") as gan_tab:
                         gan_button = gr.Button("Edit with DeltaEdit-G", variant="primary", elem_id="edit-gan")
                         gan_outputs = _edit_result_components("gan")
-                        gr.Examples(
-                            examples=_examples("gan"),
-                            inputs=[domain, image, source, target],
-                            outputs=gan_outputs,
-                            fn=example_gan,
-                            cache_examples=True,
-                            cache_mode="lazy",
-                            api_visibility="private",
-                            visible_columns=[1, 2, 3],
-                            label="Examples (toy faces): click one to run it",
-                            elem_id="examples-gan",
+                        _tab_examples(
+                            "gan",
+                            [domain, image, source, target],
+                            gan_outputs,
+                            example_gan,
+                            "Examples (toy faces): click one to run it",
                         )
                     with gr.Tab("DeltaEdit-D") as d_tab:
                         d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN))
@@ -486,17 +481,12 @@ def build_demo() -> gr.Blocks:
                             "Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion"
                         )
                         d_outputs = _edit_result_components("diffusion")
-                        gr.Examples(
-                            examples=_examples("diffusion"),
-                            inputs=[domain, image, source, target],
-                            outputs=d_outputs,
-                            fn=example_diffusion,
-                            cache_examples=True,
-                            cache_mode="lazy",
-                            api_visibility="private",
-                            visible_columns=[1, 2, 3],
-                            label="Examples (toy faces, 50 DDIM steps): click one to run it",
-                            elem_id="examples-diffusion",
+                        _tab_examples(
+                            "diffusion",
+                            [domain, image, source, target],
+                            d_outputs,
+                            example_diffusion,
+                            "Examples (toy faces, 50 DDIM steps): click one to run it",
                         )
                     with gr.Tab("Compare") as compare_tab:
                         compare_note = gr.Markdown(
@@ -519,17 +509,12 @@ def build_demo() -> gr.Blocks:
                             )  # fmt: skip
                         cmp_info = gr.Markdown(elem_id="compare-info")
                         compare_outputs = [cmp_source, cmp_gan, cmp_d, cmp_info]
-                        gr.Examples(
-                            examples=_examples("compare"),
-                            inputs=[domain, image, source, target],
-                            outputs=compare_outputs,
-                            fn=example_compare,
-                            cache_examples=True,
-                            cache_mode="lazy",
-                            api_visibility="private",
-                            visible_columns=[1, 2, 3],
-                            label="Examples (toy faces, each backbone with its defaults): click one to run it",
-                            elem_id="examples-compare",
+                        _tab_examples(
+                            "compare",
+                            [domain, image, source, target],
+                            compare_outputs,
+                            example_compare,
+                            "Examples (toy faces, each backbone with its defaults): click one to run it",
                         )
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
@@ -578,6 +563,22 @@ def build_demo() -> gr.Blocks:
         )  # fmt: skip
         deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")
     return demo
+
+
+def _tab_examples(kind: str, inputs, outputs, fn, label: str) -> gr.Examples:
+    """A tab's clickable examples: run on first click and cached, hidden from the API."""
+    return gr.Examples(
+        examples=_examples(kind),
+        inputs=inputs,
+        outputs=outputs,
+        fn=fn,
+        cache_examples=True,
+        cache_mode="lazy",
+        api_visibility="private",
+        visible_columns=[1, 2, 3],
+        label=label,
+        elem_id=f"examples-{kind}",
+    )
 
 
 def _edit_result_components(backbone: str):
