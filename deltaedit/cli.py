@@ -12,7 +12,10 @@ import importlib
 import logging
 import sys
 
-from .errors import DeltaEditError
+from .errors import DeltaEditError, TrainingPaused
+
+# A training run that stopped at its --time-limit with a checkpoint (EX_TEMPFAIL: try again).
+EXIT_PAUSED = 75
 
 # command name -> module under deltaedit.commands
 COMMANDS = {
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
+    except TrainingPaused as exc:  # not a failure: a scheduler reruns the command to continue
+        print(f"paused: {exc}", file=sys.stderr)
+        return EXIT_PAUSED
     except DeltaEditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,3 +19,12 @@ class NoFaceError(InputError):
 
 class WeightsError(DeltaEditError):
     """A weight file is missing, unreachable, corrupt, or has the wrong keys/shapes."""
+
+
+class TrainingPaused(DeltaEditError):
+    """A training run stopped at its time limit after saving a checkpoint; the same command resumes it."""
+
+    def __init__(self, message: str, step: int, steps: int):
+        super().__init__(message)
+        self.step = step
+        self.steps = steps

@@ -478,6 +478,42 @@ def test_shipped_relevance_matrix_is_reproduced_by_our_code():
 
 
 @pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
+def test_diffusion_stage_pauses_at_its_time_limit_and_the_same_command_continues(tmp_path, capsys):
+    """A lent GPU runs a few minutes per call: `--time-limit` stops at a checkpoint, a rerun goes on."""
+    import shutil
+
+    from deltaedit.cli import EXIT_PAUSED, main
+    from deltaedit.errors import TrainingPaused
+
+    for name in SHIPPED:
+        if (ASSETS / name).is_file():
+            shutil.copy(ASSETS / name, tmp_path / name)
+    run_dir = tmp_path / toy_train.DIFFUSION_RUN
+    argv = ["toy", "train", "--budget", "smoke", "--stages", "diffusion", "--out", str(tmp_path)]
+    assert main([*argv, "--time-limit", "0"]) == EXIT_PAUSED  # smoke: 2 steps, paused after 1
+    assert "stopped at step 1 of 2" in capsys.readouterr().err
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"] == 1
+    assert not (tmp_path / "diffusion").exists()
+
+    budget = dataclasses.replace(
+        toy_train.SMOKE, n_images=32, n_codes=16, diffusion_steps=3, diffusion_batch=4
+    )
+    kwargs = dict(seed=1, budget=budget, progress=False, stages=("diffusion",))
+    with pytest.raises(TrainingPaused):  # other settings (3 steps): the 2-step run starts again
+        toy_train.train_toy(tmp_path, time_limit=0, **kwargs)
+    assert json.loads((run_dir / "run.json").read_text())["settings"]["diffusion_steps"] == 3
+    with pytest.raises(TrainingPaused, match="step 2 of 3"):
+        toy_train.train_toy(tmp_path, time_limit=0, **kwargs)  # continues: one more step
+    summary = toy_train.train_toy(tmp_path, **kwargs)
+    d = summary["diffusion"]
+    assert d["calls"] == 3 and [row[0] for row in d["loss_curve"]] == [1, 2, 3]
+    assert (tmp_path / "diffusion" / "config.json").is_file() and not run_dir.exists()
+    assert not any(
+        name.startswith(".") for name in json.loads((tmp_path / "train_log.json").read_text())["files_mb"]
+    )
+
+
+@pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
 def test_diffusion_stage_trains_a_residual_model_that_edits_through_the_generator(tmp_path):
     """The toy D stage on the shipped GAN: renders R(s) as input channels, half-size weights, a curve."""
     import shutil

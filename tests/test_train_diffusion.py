@@ -73,6 +73,57 @@ def test_resume_continues_the_step_count(pairs, tmp_path):
         train_diffusion(pairs, "tiny", tmp_path / "none", steps=1, resume=tmp_path / "none", **FAST)
 
 
+class _SeededStream(torch.utils.data.Dataset):
+    """Batch k is a pure function of k (as `GeneratorStream`'s): resumed runs see the same data."""
+
+    def __init__(self, images, styles):
+        self.images, self.styles = images, styles
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.styles[i]
+
+    def batches(self, batch_size, start, stop, device, rank=0, world=1):
+        for k in range(start, stop):
+            rows = torch.randint(0, len(self), (batch_size,), generator=torch.Generator().manual_seed(k))
+            yield self.images[rows].to(device), self.styles[rows].to(device)
+
+
+def test_time_limit_pauses_at_a_checkpoint_and_the_resumed_run_equals_an_unbroken_one(pairs, tmp_path):
+    from safetensors.torch import load_file
+
+    from deltaedit.errors import TrainingPaused
+
+    data = _SeededStream(*pairs)
+    kwargs = dict(config="tiny", steps=4, lr=1e-3, **FAST)
+    unbroken = train_diffusion(data, out_dir=tmp_path / "unbroken", **kwargs)
+    with pytest.raises(TrainingPaused, match="step 1 of 4.*run the same command again") as paused:
+        train_diffusion(data, out_dir=tmp_path / "paused", time_limit=0, **kwargs)
+    assert (paused.value.step, paused.value.steps) == (1, 4)
+    run = tmp_path / "paused"
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 1
+    assert not (run / "config.json").exists()  # no final weights from a paused run
+    train_diffusion(data, out_dir=run, resume="latest", **kwargs)
+    steps_logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == [1, 2, 3, 4]
+    # Data by step and the saved random state (noise, timesteps): the same weights as never stopped.
+    a = load_file(unbroken / "diffusion_pytorch_model.safetensors")
+    b = load_file(run / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_drops_log_rows_of_steps_after_the_checkpoint(pairs, tmp_path):
+    """A run killed between checkpoints logged steps that the resumed run does again."""
+    train_diffusion(pairs, "tiny", tmp_path, steps=2, lr=1e-3, **FAST)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 9.0, "lr": 1e-3, "time": 0.0}) + "\n")
+    train_diffusion(pairs, "tiny", tmp_path, steps=4, lr=1e-3, resume="latest", **FAST)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] != 9.0 for r in rows)
+
+
 def test_sample_grids_are_written(pairs, tmp_path):
     out = train_diffusion(
         pairs, "tiny", tmp_path, steps=2, lr=1e-3, **{**FAST, "sample_every": 1}, sample_steps=2

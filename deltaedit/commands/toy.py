@@ -32,6 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop the DeltaEdit-D stage at a checkpoint once MINUTES have passed (exit code 75);"
+        " the same command again continues it",
+    )
+    t.add_argument(
         "--stages",
         nargs="+",
         choices=STAGES,
@@ -51,7 +59,11 @@ def run(args) -> int:
 
         print(f"wrote {save_contact_sheet(args.out, n=args.n, seed=args.seed)}")
         return 0
+    from ..errors import InputError
     from ..toy.train import ASSETS, FULL, GPU, SMOKE, train_toy
+
+    if args.time_limit is not None and args.time_limit < 0:
+        raise InputError(f"--time-limit is in minutes and must be >= 0, got {args.time_limit}")
 
     budget = {"cpu": FULL, "gpu": GPU, "smoke": SMOKE}[args.budget]
     summary = train_toy(
@@ -61,6 +73,7 @@ def run(args) -> int:
         force=args.force,
         stages=tuple(args.stages or (GAN_STAGES if args.budget == "cpu" else STAGES)),
         device=args.device,
+        time_limit=None if args.time_limit is None else args.time_limit * 60,
     )
     print(json.dumps(summary, indent=2))
     return 0

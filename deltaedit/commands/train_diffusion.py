@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weights-dir", type=Path, default=None, help="folder with local weight files")
     p.add_argument(
-        "--device", default=None, help="device for encoding and generating (default: this process's GPU if any)"
+        "--device",
+        default=None,
+        help="device for encoding and generating (default: this process's GPU if any)",
     )
     p.add_argument("--steps", type=int, default=100_000, help="total optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per process (default 32)")
@@ -89,6 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every K steps")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop at a checkpoint after MINUTES (exit code 75); rerun with --resume latest to continue",
+    )
     g = p.add_argument_group("--data generator")
     g.add_argument(
         "--truncation",
@@ -260,7 +269,9 @@ def write_training_record(args, out: Path) -> None:
     """OUT/training.json: the command line and its settings (read by `publish-diffusion`'s card)."""
     from ..fileio import write_json
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")
+    }
     settings.pop("command", None)
     settings.pop("verbose", None)
     record = {"command": command_line(args), "settings": settings}
@@ -293,6 +304,7 @@ def estimate(args, train_kwargs: dict) -> dict:
             "resume": None,
             "sample_every": 0,
             "checkpoint_every": 0,
+            "time_limit": None,
         }
         train_diffusion(**train_kwargs)
         total = time.time() - t0
@@ -342,6 +354,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training.diffusion import train_diffusion
 
+    if args.time_limit is not None and args.time_limit < 0:
+        raise InputError(f"--time-limit is in minutes and must be >= 0, got {args.time_limit}")
     if args.out is None and args.estimate is None:
         raise InputError("--out is required (the folder for weights, samples and checkpoints)")
     _, folders = _split_data(args)
@@ -375,6 +389,7 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         num_workers=args.num_workers,
         init=init,
+        time_limit=None if args.time_limit is None else args.time_limit * 60,
     )
     if args.estimate is not None:
         result = estimate(args, train_kwargs)

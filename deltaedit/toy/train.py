@@ -45,6 +45,8 @@ from .render import images_to_tensor
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
+# The DeltaEdit-D stage's run (checkpoint, log, samples) until it finishes: a paused run resumes it.
+DIFFUSION_RUN = ".diffusion-run"
 
 
 @dataclass(frozen=True)
@@ -387,8 +389,14 @@ def train_toy(
     stages: tuple[str, ...] = STAGES,
     device: str = "cpu",
     parallel: bool | None = None,
+    time_limit: float | None = None,
 ) -> dict:
-    """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json."""
+    """Run every stage; returns a summary (losses, timings, sizes) also written to train_log.json.
+
+    `time_limit` (seconds, counted from the call): the DeltaEdit-D stage stops at a checkpoint in
+    `out_dir/.diffusion-run/` when the time is up and raises `TrainingPaused`; the same call again
+    continues it (for machines lent a few minutes at a time).
+    """
     from ..clip import DomainClip
 
     out_dir = Path(out_dir)
@@ -525,30 +533,41 @@ def train_toy(
             ]
         s_codes = torch.cat([s for s, _ in pairs])
         renders = torch.cat([r for _, r in pairs])
-        run_dir = Path(tempfile.mkdtemp(prefix="deltaedit-toy-diffusion-"))
+        run_dir = out_dir / DIFFUSION_RUN
+        settings = {"seed": seed, "codes": n, "config": DIFFUSION_CONFIG} | {
+            k: v for k, v in asdict(budget).items() if k.startswith("diffusion_")
+        }
+        run, resume = _diffusion_run(run_dir, settings)
         threads = torch.get_num_threads()
         t_train = time.perf_counter()
-        train_diffusion(
-            (x, s_codes, renders),
-            config={**TOY_CONFIG, **DIFFUSION_CONFIG},
-            out_dir=run_dir,
-            steps=budget.diffusion_steps,
-            batch_size=budget.diffusion_batch,
-            lr=budget.diffusion_lr,
-            warmup_steps=min(100, budget.diffusion_steps // 10),
-            seed=seed,
-            progress=progress,
-            sample_every=max(budget.diffusion_steps // 4, 1),
-            checkpoint_every=10**9,
-            ema_decay=0.999,
-        )
-        train_seconds = time.perf_counter() - t_train
+        try:
+            train_diffusion(
+                (x, s_codes, renders),
+                config={**TOY_CONFIG, **DIFFUSION_CONFIG},
+                out_dir=run_dir,
+                steps=budget.diffusion_steps,
+                batch_size=budget.diffusion_batch,
+                lr=budget.diffusion_lr,
+                warmup_steps=min(100, budget.diffusion_steps // 10),
+                seed=seed,
+                progress=progress,
+                sample_every=max(budget.diffusion_steps // 4, 1),
+                checkpoint_every=max(budget.diffusion_steps // 10, 1),
+                ema_decay=0.999,
+                resume="latest" if resume else None,
+                time_limit=None if time_limit is None else max(time_limit - (t_train - t0), 0.0),
+            )
+        finally:  # paused or done: this call's training time counts
+            run["calls"] += 1
+            run["train_seconds"] += time.perf_counter() - t_train
+            write_json(run_dir / "run.json", run)
         summary["diffusion"] = {
             "design": "residual: x0 - R(s) diffused, R(s) as input channels, s as vector condition",
             "config": DIFFUSION_CONFIG,
             "device": device,
             "torch_threads": threads,
-            "train_seconds": round(train_seconds, 1),
+            "train_seconds": round(run["train_seconds"], 1),
+            "calls": run["calls"],  # > 1: resumed after a --time-limit pause
             "residual_rms": round(float((x - renders).pow(2).mean().sqrt()), 4),
             "loss_curve": _loss_curve(run_dir / "log.jsonl"),
         }
@@ -709,6 +728,24 @@ def _loss_curve(log_jsonl: Path, points: int = 60) -> list[list[float]]:
     ]
 
 
+def _diffusion_run(run_dir: Path, settings: dict) -> tuple[dict, bool]:
+    """(run record, resume?) for the D stage: an unfinished run with the same settings and a
+    checkpoint is continued; anything else in `run_dir` is cleared and the run starts again.
+    The record's `train_seconds` sums the calls that ended in Python (a killed call's time is lost)."""
+    record = run_dir / "run.json"
+    if record.is_file():
+        run = json.loads(record.read_text())
+        if run.get("settings") == settings and (run_dir / "checkpoint" / "state.json").is_file():
+            log.info("continuing the unfinished DeltaEdit-D run in %s", run_dir)
+            return run, True
+        log.warning("%s holds an unfinished DeltaEdit-D run with other settings: starting again", run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    run = {"settings": settings, "calls": 0, "train_seconds": 0.0}
+    write_json(record, run)
+    return run, False
+
+
 def _copy_diffusion_weights(run_dir: Path, target: Path) -> None:
     """Keep only what `DiffusionBackbone.from_pretrained` reads (no optimizer state, no samples)."""
     from ..pipelines.diffusion import DiffusionBackbone
@@ -726,7 +763,7 @@ def _finish(summary: dict, out_dir: Path, t0: float) -> dict:
     summary["files_mb"] = {
         str(p.relative_to(out_dir)): round(p.stat().st_size / 2**20, 2)
         for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and p.name != "train_log.json"
+        if p.is_file() and p.name != "train_log.json" and not p.relative_to(out_dir).parts[0].startswith(".")
     }
     log_path = out_dir / "train_log.json"
     previous = json.loads(log_path.read_text()) if log_path.exists() else {}

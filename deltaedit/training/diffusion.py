@@ -17,7 +17,9 @@ Objective: standard DDPM ε-prediction MSE, ‖ε − ε_θ(√ᾱ_t x0 + √(1�
 weights (diffusers `EMAModel` with warm-up), gradient clipping, `accelerate` for multi-GPU (plain
 CPU works too). The output folder holds the EMA weights (`save_pretrained`), `scheduler/`,
 `samples/step_XXXXXX.png` (top row: training images, bottom row: sampled from their s),
-`log.jsonl`, and `checkpoint/` (optimizer, EMA, step) that `resume=` continues from.
+`log.jsonl`, and `checkpoint/` (optimizer, EMA, random state, step) that `resume=` continues from.
+`time_limit=` stops a run at a checkpoint when its time is up (`TrainingPaused`), so a job on a
+machine lent for minutes at a time finishes over several calls of the same command.
 
 Expected FFHQ cost at 256 px (`FFHQ_CONFIG`: 122M parameters). Measured with torch's FLOP counter:
 497 GFLOP per image forward (2 FLOP per multiply-add), so ~1.5 TFLOP per image per training step
@@ -50,7 +52,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import InputError
+from ..errors import InputError, TrainingPaused
 from ..fileio import atomic_dir, atomic_write
 from ..nn.style_unet import PRESETS, StyleConditionedUNet
 from ..pipelines.diffusion import DEFAULT_SCHEDULER_CONFIG, ddim_sample, make_scheduler
@@ -352,6 +354,7 @@ def train_diffusion(
     mixed_precision: str = "no",
     num_workers: int = 0,
     init: StyleConditionedUNet | None = None,
+    time_limit: float | None = None,
 ) -> Path:
     """Train (or continue training) a StyleConditionedUNet; returns `out_dir` (loadable weights).
 
@@ -360,11 +363,15 @@ def train_diffusion(
     seeded batch stream (an object with `batches(batch_size, start, device, rank, world)`, e.g.
     `training.generator_data.GeneratorStream`): batch k of it is drawn at step k, so a resumed run
     continues the stream exactly where it stopped.
+
+    `time_limit` (seconds): once a step ends past it, the run saves its checkpoint and raises
+    `TrainingPaused`; `resume="latest"` continues from there.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     if steps < 0 or batch_size < 1 or lr <= 0:
         raise InputError(f"need steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
     out_dir = Path(out_dir)
@@ -411,6 +418,9 @@ def train_diffusion(
         optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
         lr_scheduler.load_state_dict(torch.load(resume_dir / "lr_scheduler.pt", weights_only=True))
         ema.load_state_dict(torch.load(resume_dir / "ema.pt", weights_only=True))
+        if (resume_dir / "rng.pt").is_file():  # noise and timesteps go on as if never stopped
+            _set_rng_state(torch.load(resume_dir / "rng.pt", weights_only=True))
+        _drop_log_rows_after(out_dir / "log.jsonl", step)
         log.info("resumed from %s at step %d", resume_dir, step)
 
     if hasattr(data, "batches"):  # an endless seeded stream: batch k at step k, on this process's device
@@ -477,7 +487,7 @@ def train_diffusion(
     def save_checkpoint():
         from safetensors.torch import save_file
 
-        # All five files replace the previous checkpoint together: an interrupted save leaves the
+        # All six files replace the previous checkpoint together: an interrupted save leaves the
         # previous one whole, never weights of one step beside an optimizer of another.
         with atomic_dir(ckpt_dir) as tmp:
             save_file(
@@ -486,7 +496,14 @@ def train_diffusion(
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
             torch.save(ema.state_dict(), tmp / "ema.pt")
+            torch.save(_rng_state(), tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
+
+    def out_of_time() -> bool:
+        if time_limit is None:
+            return False
+        late = torch.tensor([float(time.perf_counter() - started >= time_limit)], device=accelerator.device)
+        return bool(accelerator.gather(late).max() > 0)  # every process stops at the same step
 
     bar = tqdm(total=steps, initial=min(step, steps), desc="train-diffusion", disable=not progress)
     model.train()
@@ -532,6 +549,16 @@ def train_diffusion(
                         write_samples()
                     if checkpoint_every and step % checkpoint_every == 0:
                         save_checkpoint()
+                if step < steps and out_of_time():
+                    if accelerator.is_main_process:
+                        save_checkpoint()
+                    accelerator.wait_for_everyone()
+                    raise TrainingPaused(
+                        f"stopped at step {step} of {steps} after the time limit of {time_limit:.0f} s;"
+                        f" the checkpoint is in {ckpt_dir}: run the same command again to continue",
+                        step,
+                        steps,
+                    )
     finally:
         bar.close()
         if log_file:
@@ -559,6 +586,30 @@ def _move_files_into(folder: Path, out_dir: Path) -> None:
         dest = out_dir / f.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(f, dest)
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _drop_log_rows_after(log_jsonl: Path, step: int) -> None:
+    """A run killed between checkpoints logged steps the resumed run repeats: keep rows up to `step`."""
+    if not log_jsonl.is_file():
+        return
+    lines = log_jsonl.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        with atomic_write(log_jsonl) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def _load_file(path: Path) -> dict:
