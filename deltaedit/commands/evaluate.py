@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_edit_options(p)
     p.add_argument("--weights-dir", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the classifier runs there too)")
 
 
 def run(args) -> int:
@@ -35,8 +36,8 @@ def run(args) -> int:
         raise InputError(f"domain {args.domain!r} has no attribute classifier; eval supports --domain toy")
     if args.n < 1:
         raise InputError("--n must be at least 1")
-    editor = load_editor(args.domain, backbone=args.backbone, weights_dir=args.weights_dir)
-    classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir))
+    editor = load_editor(args.domain, backbone=args.backbone, device=args.device, weights_dir=args.weights_dir)
+    classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir)).to(args.device)
     report = evaluate(editor, classifier, n=args.n, seed=args.seed, **edit_options(args))
     print(report.table())
     return 0
