@@ -293,3 +293,15 @@ def test_bad_renders_raise(triples, tmp_path):
         train_diffusion(
             (images, styles, renders[:, :, :8]), _residual_config(), tmp_path / "r", steps=1, **FAST
         )
+
+
+def test_a_negative_time_limit_is_refused_before_any_work(tmp_path, capsys):
+    from deltaedit.cli import main
+
+    for argv in (
+        ["train-diffusion", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+        ["toy", "train", "--stages", "diffusion", "--out", str(tmp_path / "toy")],
+    ):
+        assert main([*argv, "--time-limit", "-1"]) == 2
+        assert "--time-limit is in minutes and must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "toy").exists()

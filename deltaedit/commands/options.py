@@ -1,4 +1,5 @@
-"""Flags that `edit` and `eval` share, so that they read and behave the same in both."""
+"""Flags that several commands share (`edit` and `eval`; the training commands), so that they read
+and behave the same everywhere."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def edit_options(args: argparse.Namespace) -> dict:
     if args.backbone == "diffusion":
         kwargs["steps"] = args.steps
     return kwargs
+
+
+def add_time_limit_option(p: argparse.ArgumentParser, help: str) -> None:
+    """--time-limit MINUTES of a training command that can pause at a checkpoint (exit code 75)."""
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help=help)
+
+
+def time_limit_seconds(args: argparse.Namespace) -> float | None:
+    """--time-limit in seconds, checked; None without one."""
+    from ..errors import InputError
+
+    if args.time_limit is None:
+        return None
+    if args.time_limit < 0:
+        raise InputError(f"--time-limit is in minutes and must be >= 0, got {args.time_limit}")
+    return args.time_limit * 60

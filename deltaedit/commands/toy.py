@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..toy.train import GAN_STAGES, STAGES
+from .options import add_time_limit_option, time_limit_seconds
 
 NAME = "toy"
 HELP = "train every weight of the built-in toy domain (toy train), or render a contact sheet (toy sheet)"
@@ -31,12 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " smoke (a few steps of every stage, to test the pipeline)",
     )
     t.add_argument("--device", default="cpu", help="cpu or cuda")
-    t.add_argument(
-        "--time-limit",
-        type=float,
-        default=None,
-        metavar="MINUTES",
-        help="stop the DeltaEdit-D stage at a checkpoint once MINUTES have passed (exit code 75);"
+    add_time_limit_option(
+        t,
+        "stop the DeltaEdit-D stage at a checkpoint once MINUTES have passed (exit code 75);"
         " the same command again continues it",
     )
     t.add_argument(
@@ -59,12 +57,9 @@ def run(args) -> int:
 
         print(f"wrote {save_contact_sheet(args.out, n=args.n, seed=args.seed)}")
         return 0
-    from ..errors import InputError
     from ..toy.train import ASSETS, FULL, GPU, SMOKE, train_toy
 
-    if args.time_limit is not None and args.time_limit < 0:
-        raise InputError(f"--time-limit is in minutes and must be >= 0, got {args.time_limit}")
-
+    time_limit = time_limit_seconds(args)
     budget = {"cpu": FULL, "gpu": GPU, "smoke": SMOKE}[args.budget]
     summary = train_toy(
         args.out or ASSETS,
@@ -73,7 +68,7 @@ def run(args) -> int:
         force=args.force,
         stages=tuple(args.stages or (GAN_STAGES if args.budget == "cpu" else STAGES)),
         device=args.device,
-        time_limit=None if args.time_limit is None else args.time_limit * 60,
+        time_limit=time_limit,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .options import add_time_limit_option, time_limit_seconds
+
 NAME = "train-diffusion"
 HELP = "train the style-conditioned diffusion model (DeltaEdit-D) on images and their style codes"
 GENERATOR = "generator"
@@ -91,12 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=1000, help="save a checkpoint every K steps")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        default=None,
-        metavar="MINUTES",
-        help="stop at a checkpoint after MINUTES (exit code 75); rerun with --resume latest to continue",
+    add_time_limit_option(
+        p, "stop at a checkpoint after MINUTES (exit code 75); rerun with --resume latest to continue"
     )
     g = p.add_argument_group("--data generator")
     g.add_argument(
@@ -354,8 +352,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training.diffusion import train_diffusion
 
-    if args.time_limit is not None and args.time_limit < 0:
-        raise InputError(f"--time-limit is in minutes and must be >= 0, got {args.time_limit}")
+    time_limit = time_limit_seconds(args)
     if args.out is None and args.estimate is None:
         raise InputError("--out is required (the folder for weights, samples and checkpoints)")
     _, folders = _split_data(args)
@@ -389,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         num_workers=args.num_workers,
         init=init,
-        time_limit=None if args.time_limit is None else args.time_limit * 60,
+        time_limit=time_limit,
     )
     if args.estimate is not None:
         result = estimate(args, train_kwargs)
