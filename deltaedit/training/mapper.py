@@ -471,17 +471,29 @@ def train_mapper(
 
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    final = unwrap(mapper).cpu()
-    if is_main:
-        save_mapper_weights(final, out)
-        save_state(max(steps, start))
+    return _final_result(
+        unwrap(mapper).cpu(),
+        out,
+        save_state,
+        state_path,
+        max(steps, start),
+        train_losses,
+        val_losses,
+        is_main,
+    )
+
+
+def _final_result(
+    mapper, out: Path, save_state, state_path: Path, steps: int, train_losses, val_losses, write: bool = True
+) -> TrainResult:
+    """The end of a mapper run: its weights and resumable state written (by the main process only,
+    `write`), and what the run did."""
+    if write:
+        save_mapper_weights(mapper, out)
+        save_state(steps)
         log.info("wrote %s and %s", out, state_path)
     return TrainResult(
-        path=out,
-        train_losses=train_losses,
-        val_losses=val_losses,
-        state_path=state_path,
-        steps=max(steps, start),
+        path=out, train_losses=train_losses, val_losses=val_losses, state_path=state_path, steps=steps
     )
 
 
@@ -786,14 +798,6 @@ def distil_mapper(
         if done % save_every == 0 and done != steps:
             save_state(done)
     bar.close()
-    final = mapper.cpu().eval()
-    save_mapper_weights(final, out)
-    save_state(max(steps, start))
-    log.info("wrote %s and %s", out, state_path)
-    return TrainResult(
-        path=out,
-        train_losses=train_losses,
-        val_losses=val_losses,
-        state_path=state_path,
-        steps=max(steps, start),
+    return _final_result(
+        mapper.cpu().eval(), out, save_state, state_path, max(steps, start), train_losses, val_losses
     )
