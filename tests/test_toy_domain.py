@@ -133,6 +133,74 @@ def test_clip_and_autoencoder_stages_in_one_process_or_two(tmp_path, parallel):
     assert len(summary["clip_loss"]) == 2 and len(summary["ae_loss"]) == 2
 
 
+def test_autoencoder_stage_needs_the_clip_and_resumes_from_its_pixel_phase(tmp_path, monkeypatch):
+    from deltaedit.errors import InputError
+
+    budget = dataclasses.replace(toy_train.SMOKE, n_images=32)
+    with pytest.raises(InputError, match="clip stage"):
+        toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("autoencoder",))
+    pixel_phase = tmp_path / toy_train.AE_PIXEL_PHASE
+    assert all((pixel_phase / name).is_file() for name in toy_train.AE_FILES)  # kept for the rerun
+    assert not any((tmp_path / name).exists() for name in toy_train.AE_FILES)  # nothing half-done shipped
+
+    toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("clip",))
+
+    def no_retraining(*args, **kwargs):
+        raise AssertionError("the pixel phase was already done")
+
+    monkeypatch.setattr(toy_train, "train_autoencoder", no_retraining)
+    summary = toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("autoencoder",))
+    assert all((tmp_path / name).is_file() for name in toy_train.AE_FILES)
+    assert not pixel_phase.exists()
+    assert summary["ae_clip_loss"]["columns"] == ["pixel", "clip"]
+    assert "autoencoder_clip" in summary["timings"]
+
+
+def test_clip_feature_phase_trains_the_autoencoder_through_the_frozen_clip():
+    from deltaedit.clip import DomainClip, build_clip_from_config, build_tokenizer
+    from deltaedit.config import load_domain_config
+    from deltaedit.nn.e4e import Encoder4Editing
+    from deltaedit.nn.stylegan2 import Generator
+
+    cfg = load_domain_config("toy")
+    images, _ = _fixed_batch(8)
+    torch.manual_seed(0)
+    clip = DomainClip(
+        build_clip_from_config(cfg.clip.model_config_file).eval(),
+        build_tokenizer(cfg.clip.model_config_file),
+        cfg,
+    )
+    clip_before = {k: v.clone() for k, v in clip.model.state_dict().items()}
+
+    def run(feature_weight):
+        torch.manual_seed(0)
+        G = Generator.from_config(cfg.generator)
+        encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim)
+        latent_avg = torch.zeros(G.n_latent, G.style_dim)
+        G, _, _, losses = toy_train.sharpen_autoencoder(
+            G,
+            encoder,
+            latent_avg,
+            images,
+            clip,
+            steps=2,
+            batch=4,
+            seed=0,
+            lr=1e-3,
+            feature_weight=feature_weight,
+            progress=False,
+        )
+        return G.state_dict(), losses
+
+    with_clip, losses = run(1.0)
+    without, _ = run(0.0)
+    assert len(losses) == 2 and all(feature > 0 for _, feature in losses)
+    # The feature term reaches the generator's weights ...
+    assert any(not torch.equal(with_clip[k], without[k]) for k in with_clip)
+    # ... and the CLIP is only a judge.
+    assert all(torch.equal(v, clip_before[k]) for k, v in clip.model.state_dict().items())
+
+
 @pytest.mark.skipif(not _shipped(), reason="the toy weights are not in assets/toy")
 def test_edit_cli_works_offline_on_the_shipped_toy_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
