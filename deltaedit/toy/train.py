@@ -328,9 +328,7 @@ def train_autoencoder(
         x = images_to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
         w = encode(encoder, latent_avg, x)
         x_hat = G.synthesis(w)
-        loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
-        if edge_weight:
-            loss = loss + edge_weight * _edge_loss(x_hat, x)
+        loss = _reconstruction_loss(x_hat, x, edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -383,7 +381,7 @@ def sharpen_autoencoder(
             g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 50))
         x = images_to_tensor(images[rng.choice(len(images), size=batch, replace=False)]).to(device)
         x_hat = G.synthesis(encode(encoder, latent_avg, x))
-        pixel = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x) + _edge_loss(x_hat, x)
+        pixel = _reconstruction_loss(x_hat, x)
         with torch.no_grad():
             target = unit_features(x)
         feature = (unit_features(x_hat) - target).pow(2).sum(-1).mean()
@@ -414,6 +412,14 @@ def normalise_style_scale(G, encoder, latent_avg, images: torch.Tensor) -> list[
         modulation.bias.div_(scale)
         scales.append(scale)
     return scales
+
+
+def _reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, edge_weight: float = 1.0) -> torch.Tensor:
+    """L1 + L2 + `edge_weight` x the edge loss: the autoencoder's pixel loss, in both its phases."""
+    loss = F.l1_loss(x_hat, x) + F.mse_loss(x_hat, x)
+    if edge_weight:
+        loss = loss + edge_weight * _edge_loss(x_hat, x)
+    return loss
 
 
 def _edge_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
