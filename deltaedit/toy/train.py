@@ -497,11 +497,9 @@ def train_toy(
         results = _run_side_by_side(first, images, attrs, budget, seed, out_dir, progress)
     else:
         results = [_run_stage(s, images, attrs, budget, seed, out_dir, device, progress) for s in first]
-    for result in results:
-        summary["timings"].update(result.pop("timings"))
-        summary.update(result)
     if "autoencoder" in first:  # its pixel phase ran (or was there); the CLIP phase finishes it
-        result = _sharpen_toy_autoencoder(out_dir, images, budget, seed, device, progress)
+        results.append(_sharpen_toy_autoencoder(out_dir, images, budget, seed, device, progress))
+    for result in results:
         summary["timings"].update(result.pop("timings"))
         summary.update(result)
 
