@@ -24,6 +24,7 @@ except ImportError:
 
 import functools
 import logging
+import math
 import os
 import random
 import reprlib
@@ -37,9 +38,10 @@ import PIL.Image
 import torch
 from starlette.middleware import Middleware
 
-from deltaedit import service
+from deltaedit import imageio, service
 from deltaedit.errors import DeltaEditError
-from deltaedit.upload_guard import ServerPathGuard
+from deltaedit.pipelines.gan import MAX_PROMPT_CHARS, MAX_TARGETS
+from deltaedit.request_guard import BlocksEndpoints, Limits, RequestGuard, parse_size
 
 log = logging.getLogger("deltaedit.app")
 
@@ -57,6 +59,13 @@ CONCURRENCY = int(os.environ.get("DELTAEDIT_CONCURRENCY", "2" if torch.cuda.is_a
 QUEUE_SIZE = int(os.environ.get("DELTAEDIT_QUEUE_SIZE", "32"))
 # Uploads larger than this are refused by Gradio's upload route (a 12 MP JPEG is about 8 MB).
 MAX_UPLOAD = os.environ.get("DELTAEDIT_MAX_UPLOAD", "20mb")
+# How many edits one visitor (one address) may have waiting or running at once.
+JOBS_PER_CLIENT = int(os.environ.get("DELTAEDIT_JOBS_PER_CLIENT", "3"))
+# The events whose calls count as a visitor's jobs: the edits, not the page's small UI events.
+JOBS = {"edit_gan", "edit_diffusion", "compare", "sample", "show_deltaspace", "change_domain"}
+# Pillow's own decompression-bomb error fires at twice this: exactly our pixel limit, for any
+# decode that does not go through deltaedit.imageio (Gradio's own, for one).
+PIL.Image.MAX_IMAGE_PIXELS = imageio.DEFAULT_MAX_PIXELS // 2
 
 
 def upload_folder() -> str:
@@ -302,6 +311,13 @@ class PhotoInput(gr.Image):
     is_template = True  # rendered by the frontend's Image component
 
     def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            # Format and size from the header before Gradio decodes (and re-encodes) the file.
+            try:
+                imageio.check_image_file(payload.path)
+            except DeltaEditError as exc:
+                message = str(exc).replace(f"image file {payload.path}", "the uploaded image")
+                raise gr.Error(message[:1].upper() + message[1:]) from exc
         try:
             return super().preprocess(payload)
         except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, ValueError) as exc:
@@ -313,11 +329,14 @@ class PhotoInput(gr.Image):
 def _numbers_only(component, preprocess, payload):
     """Run `preprocess`; a non-numeric API value ("abc", a list) gets a clear message, not a server error."""
     try:
-        return preprocess(payload)
+        value = preprocess(payload)
     except gr.Error:  # gradio's own "greater than maximum value" messages
         raise
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"{component.label} must be a number, got {reprlib.repr(payload)}.") from exc
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every range comparison
+        raise gr.Error(f"{component.label} must be a finite number, got {reprlib.repr(payload)}.")
+    return value
 
 
 # Gradio renders a template with the frontend component of its *direct* base class, so each one
@@ -476,7 +495,7 @@ def build_demo() -> gr.Blocks:
                         )
                     with gr.Tab("DeltaEdit-D") as d_tab:
                         d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN))
-                        steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps")
+                        steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps")
                         d_button = gr.Button(
                             "Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion"
                         )
@@ -492,7 +511,9 @@ def build_demo() -> gr.Blocks:
                         compare_note = gr.Markdown(
                             service.defaults_note(DEFAULT_DOMAIN), elem_id="compare-note"
                         )
-                        compare_steps = NumberSlider(5, 200, value=50, step=1, label="DDIM steps (D)")
+                        compare_steps = NumberSlider(
+                            5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps (D)"
+                        )
                         compare_button = gr.Button("Run both", variant="primary", elem_id="compare-run")
                         with gr.Row(elem_id="compare-images"):
                             cmp_source = gr.Image(
@@ -609,8 +630,27 @@ def _edit_result_components(backbone: str):
 
 
 demo = build_demo()
-# The queue is bounded so a burst of requests gets a clear "queue full" instead of an hour's wait.
-demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+# The queue is bounded so a burst of requests gets a clear "queue full" instead of an hour's wait,
+# and it is the only door: the direct /run and /api routes, which would skip it, are closed.
+demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)
+
+
+def request_guard() -> Middleware:
+    """What every request passes before Gradio: uploads only, bounded bodies, a fair queue
+    (deltaedit/request_guard.py). On a Space the visitor's address comes from the proxy."""
+    return Middleware(
+        RequestGuard,
+        upload_dir=upload_folder(),
+        limits=Limits(
+            max_upload_bytes=parse_size(MAX_UPLOAD) + 64 * 1024,
+            jobs_per_client=JOBS_PER_CLIENT,
+            json_hint=f"images go by upload; a prompt is at most {MAX_PROMPT_CHARS} characters a line,"
+            f" {MAX_TARGETS} lines",
+        ),
+        endpoints=BlocksEndpoints(demo, JOBS),
+        trust_proxy=bool(os.environ.get("SPACE_ID")),
+    )
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
@@ -622,6 +662,5 @@ if __name__ == "__main__":
         allowed_paths=[str(EXAMPLES_DIR), str(service.CACHED_REPORT_DIR)],
         css=CSS,
         max_file_size=MAX_UPLOAD,
-        # Before Gradio sees a request: file inputs take uploads only, never a server path.
-        app_kwargs={"middleware": [Middleware(ServerPathGuard, upload_dir=upload_folder())]},
+        app_kwargs={"middleware": [request_guard()]},
     )

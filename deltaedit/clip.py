@@ -310,10 +310,29 @@ def build_clip_from_config(name_or_json: str | Path) -> open_clip.CLIP:
     return open_clip.CLIP(**cfg).eval()
 
 
+class BoundedWordCache(dict):
+    """open_clip's tokenizer keeps every word it has BPE-encoded in `tokenizer.cache`, forever: a
+    public server fed unique words would grow without bound. This dict starts over from its first
+    entries (the special tokens) once it holds `max_words`."""
+
+    def __init__(self, initial: dict, max_words: int = 20_000):
+        super().__init__(initial)
+        self.initial = dict(initial)
+        self.max_words = max_words
+
+    def __setitem__(self, key, value):
+        if len(self) >= self.max_words:
+            self.clear()
+            self.update(self.initial)
+        super().__setitem__(key, value)
+
+
 def build_tokenizer(name_or_json: str | Path):
-    """open_clip's BPE tokenizer with the architecture's context length."""
+    """open_clip's BPE tokenizer with the architecture's context length (and a bounded word cache)."""
     cfg = clip_model_config(name_or_json)
-    return open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
+    tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
+    tokenizer.cache = BoundedWordCache(tokenizer.cache)
+    return tokenizer
 
 
 def _architecture(config: DomainConfig) -> str | Path:

@@ -26,6 +26,11 @@ from .fileio import atomic_write
 DEFAULT_MAX_PIXELS = 50_000_000
 
 _HOW_TO_FIX = "Upload a JPEG, PNG or WebP photo"
+# The formats Pillow may open for us; no other decoder ever sees user bytes (Pillow's EPS plugin,
+# for one, hands the file to Ghostscript). MPO is how many phones label their JPEGs (older Pillows
+# register it apart from JPEG); only the names this Pillow registers are listed.
+Image.init()  # registers every plugin's name; `Image.open(formats=...)` then picks among them
+ALLOWED_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP") if f in Image.OPEN)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -67,7 +72,7 @@ def _decode(fh, what: str, max_pixels: int) -> Image.Image:
         # Our own limit is checked below; PIL's bomb warning would only duplicate it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as img:  # reads the header only
+            with Image.open(fh, formats=ALLOWED_FORMATS) as img:  # reads the header only
                 _check_pixels(img.size, max_pixels)
                 img.seek(0)
                 img.load()
@@ -78,7 +83,8 @@ def _decode(fh, what: str, max_pixels: int) -> Image.Image:
         ) from exc
     except UnidentifiedImageError as exc:
         raise InputError(
-            f"{what} is not an image that can be read (wrong extension or unsupported format). {_HOW_TO_FIX}."
+            f"{what} is not an image that can be read (wrong extension or unsupported format; allowed:"
+            f" {', '.join(ALLOWED_FORMATS)}). {_HOW_TO_FIX}."
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, InputError):
@@ -87,6 +93,29 @@ def _decode(fh, what: str, max_pixels: int) -> Image.Image:
             f"{what} is damaged or truncated and cannot be decoded ({exc}). Re-save or re-export"
             f" it and try again. {_HOW_TO_FIX}."
         ) from exc
+
+
+def check_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, tuple[int, int]]:
+    """(format, size) of an image file read from its header alone: an InputError when the file is
+    not one of ALLOWED_FORMATS or has more than `max_pixels` pixels. Nothing is decoded."""
+    path = Path(path)
+    what = f"image file {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=ALLOWED_FORMATS) as img:
+                _check_pixels(img.size, max_pixels)
+                return img.format, img.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{what} is too large to decode safely ({exc}). Resize it below {max_pixels:,} pixels.") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"{what} is not a readable image (allowed: {', '.join(ALLOWED_FORMATS)}). {_HOW_TO_FIX}."
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{what} is damaged or cannot be read ({exc}). {_HOW_TO_FIX}.") from exc
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:

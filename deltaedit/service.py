@@ -31,6 +31,7 @@ from .config import list_domains, load_domain_config
 from .errors import DeltaEditError, InputError, WeightsError
 from .fileio import atomic_write
 from .imageio import tensor_to_pil
+from .pipelines.gan import normalise_source, normalise_targets
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ OUT_OF_MEMORY = (
     "The GPU ran out of memory: try fewer target lines, fewer DDIM steps or a smaller photo, or try"
     " again in a minute."
 )
+# What one public DeltaEdit-D request may cost: the DDIM-steps slider's range, and DDIM steps times
+# target lines (16 lines at 50 steps, or 4 at 200), so no single request holds the queue for long.
+MAX_DDIM_STEPS = 200
+MAX_DIFFUSION_WORK = 800
 MAX_NOTICE_CHARS = 300  # a 10,000-character prompt must not fill the page (or the log) twice over
 # A report computed offline (`python -m deltaedit analyze --domain toy --out assets/deltaspace`).
 CACHED_REPORT_DIR = REPO_ROOT / "assets" / "deltaspace"
@@ -268,6 +273,22 @@ def check_seed(seed) -> int:
     return int(value)
 
 
+def check_diffusion_work(steps, n_targets: int) -> int:
+    """DDIM `steps` as a whole number within the app's bounds for `n_targets` target lines."""
+    try:
+        value = float(steps)
+    except (TypeError, ValueError):
+        raise InputError(f"DDIM steps must be a whole number, got {steps!r}") from None
+    if not value.is_integer() or not 1 <= value <= MAX_DDIM_STEPS:
+        raise InputError(f"DDIM steps must be a whole number from 1 to {MAX_DDIM_STEPS}, got {steps!r}")
+    if value * n_targets > MAX_DIFFUSION_WORK:
+        raise InputError(
+            f"DeltaEdit-D: DDIM steps x target lines may be at most {MAX_DIFFUSION_WORK} per request"
+            f" (got {int(value)} x {n_targets} = {int(value) * n_targets}); use fewer steps or fewer lines"
+        )
+    return int(value)
+
+
 def codes_image(codes) -> Image.Image:
     """The picture a source's codes came from (the render or photo input, else the decoded sample)."""
     x = codes.input_image if codes.input_image is not None else codes.image
@@ -333,8 +354,11 @@ def edit(
     if backbone not in BACKBONE_NAMES:
         raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
     t0 = time.perf_counter()
-    if not (target or "").strip():
-        raise InputError("the target text is empty: describe the edit, e.g. 'face with smile'")
+    # Text and cost are checked before any model (or tokenizer) sees the request.
+    lines = normalise_targets(target)
+    normalise_source(source)
+    if backbone == "diffusion":
+        steps = check_diffusion_work(steps if steps is not None else 50, len(lines))
     seed = check_seed(seed)
     editor = get_editor(domain, backbone)
     with gpu_memory_guard(), upload_errors(image):

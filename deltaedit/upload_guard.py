@@ -1,26 +1,25 @@
-"""Refuse API requests that name a server file instead of uploading one (docs/security.md).
+"""Which file values a request may carry: files uploaded to this server, nothing else (docs/security.md).
 
 A Gradio file input must only ever receive files that the server stored through its own upload
 route. Gradio 6.31 checks this for payloads marked `{"meta": {"_type": "gradio.FileData"}}`, but a
 bare `{"path": "/some/server/file.png"}` skips that check, and `gr.Image` then opens the path
-itself: any image on the server can be read back through an edit. `ServerPathGuard` is an ASGI
-middleware that looks at every JSON request body before Gradio does and answers 400 when any
-`"path"` in it is not a regular file inside the upload folder.
+itself: any image on the server can be read back through an edit. A `"url"` with no uploaded path
+makes Gradio fetch or decode it (a `data:` URL of a 13000 x 13000 PNG is decoded before any check
+of ours). `refused_paths` names every such value in a request body; `request_guard.RequestGuard`
+answers 400 before Gradio sees the request.
 
 The check is lexical first (absolute, normalised, under the upload folder, no `..`, no scheme), so a
 caller-named file outside the upload folder is never opened, copied or even stat-ed; only a path
 that is already inside our own upload folder is `lstat`-ed, to refuse a symlink, FIFO or device
-node placed there. Pure Python and ASGI: no gradio import, so it is tested without a server.
+node placed there. Pure Python: no gradio import, so it is tested without a server.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
-REFUSED_MESSAGE = "upload the image; server paths are not accepted"
-MAX_JSON_BYTES = 8 * 2**20  # a request body is a few prompts and numbers; files come by upload
+REFUSED_MESSAGE = "upload the image; server paths and URLs are not accepted"
 
 
 def is_uploaded_file(path, upload_dir: str) -> bool:
@@ -43,62 +42,19 @@ def is_uploaded_file(path, upload_dir: str) -> bool:
 
 
 def refused_paths(payload, upload_dir: str) -> list[str]:
-    """Every `"path"` value in a decoded JSON payload that is not an uploaded file."""
+    """Every file value in a decoded JSON payload that is not an uploaded file: a `"path"` outside
+    the upload folder, or a `"url"` (data:, http:, file:) standing without an uploaded path."""
     refused: list[str] = []
     stack = [payload]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if "path" in item and not is_uploaded_file(item["path"], upload_dir):
-                refused.append(str(item["path"]))
+            if "path" in item:
+                if not is_uploaded_file(item["path"], upload_dir):
+                    refused.append(str(item["path"]))
+            elif isinstance(item.get("url"), str) and item["url"]:
+                refused.append(item["url"][:80])
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
     return refused
-
-
-class ServerPathGuard:
-    """ASGI middleware: a JSON POST naming a file outside the upload folder gets 400, at once."""
-
-    def __init__(self, app, upload_dir: str | os.PathLike, max_json_bytes: int = MAX_JSON_BYTES):
-        self.app = app
-        self.upload_dir = os.path.abspath(os.fspath(upload_dir))  # as Gradio spells its paths
-        self.max_json_bytes = max_json_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or _is_multipart(scope):
-            return await self.app(scope, receive, send)  # uploads themselves go to Gradio's route
-        messages, body = [], b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if len(body) > self.max_json_bytes:
-                return await _reply(send, 413, "the request is too large; upload files instead")
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-        try:
-            payload = json.loads(body) if body else None
-        except (UnicodeDecodeError, ValueError):
-            payload = None  # not JSON: the route itself refuses it
-        if refused_paths(payload, self.upload_dir):
-            return await _reply(send, 400, REFUSED_MESSAGE)
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-
-def _is_multipart(scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-type":
-            return value.lower().startswith(b"multipart/")
-    return False
-
-
-async def _reply(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -254,7 +254,7 @@ def test_target_equal_to_source_is_no_edit_with_notice(tiny_ffhq):
 def test_prompt_over_77_tokens_is_truncated_with_notice(tiny_ffhq):
     editor = editor_for(tiny_ffhq)
     w = tiny_latents(tiny_ffhq, seed=8)
-    words = " ".join(["very"] * 90)
+    words = " ".join(["a"] * 90)  # 90 tokens in 180 characters: within the 300-character line limit
     a = editor.edit(latents=w, targets=f"face with {words} long hair")
     b = editor.edit(latents=w, targets=f"face with {words} short beard")
     assert any("too long" in n or "trunc" in n or "cut" in n for n in a.notices), a.notices

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 NAME = "reliability"
 HELP = "send hostile input and N concurrent requests to the app (localhost) and report what happened"
@@ -28,7 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=50, help="requests in flight at once (default 50)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="time limit of the load run (default 120)")
     p.add_argument("--skip-hostile", action="store_true", help="only the load run")
-    p.add_argument("--skip-load", action="store_true", help="only the hostile-input cases")
+    p.add_argument("--skip-load", action="store_true", help="no load run")
+    p.add_argument("--skip-abuse", action="store_true", help="no abuse run (issue 25's rows from one visitor)")
+    p.add_argument(
+        "--upload-dir",
+        help="with --url: the app's upload folder (GRADIO_TEMP_DIR), to watch its disk use during the abuse run",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
             url, pid = app.url, app.pid
             print(f"app answered at {url} after {app.startup_s:.1f} s (pid {pid})", flush=True)
         cases = [] if args.skip_hostile else reliability.run_hostile(url, app, timeout_s=args.timeout_s)
+        abuse = None
+        if not args.skip_abuse:
+            upload_dir = app.tmp / "gradio" if app is not None else (Path(args.upload_dir) if args.upload_dir else None)
+            abuse = reliability.run_abuse(url, pid, upload_dir)
         load = None
         if not args.skip_load:
             load = reliability.run_load(url, args.requests, args.concurrency, args.timeout_s, pid=pid)
@@ -54,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if app is not None:
             app.cleanup()
-    print(reliability.format_report(cases, load, app))
-    ok = all(c.passed for c in cases) and (load is None or load.passed)
+    print(reliability.format_report(cases, load, app, abuse))
+    ok = all(c.passed for c in cases) and (load is None or load.passed) and (abuse is None or abuse.passed)
     ok = ok and (app is None or not app.leftovers_after_stop)
     return 0 if ok else 1
