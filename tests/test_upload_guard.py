@@ -5,8 +5,6 @@ The middleware that applies it (and the other per-request limits) is tested in t
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 
 import pytest
