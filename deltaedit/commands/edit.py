@@ -1,4 +1,4 @@
-"""`python -m deltaedit edit`: edit one photo or W+ latent with a text prompt."""
+"""`python -m deltaedit edit`: edit one photo or W+ latent with a text prompt, or by example pictures."""
 
 from __future__ import annotations
 
@@ -30,7 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-align", action="store_true", help="the photo is already aligned (skip face alignment)"
     )
-    p.add_argument("--target", required=True, action="append", help="target text; repeat for several edits")
+    p.add_argument("--target", action="append", help="target text; repeat for several edits")
+    p.add_argument(
+        "--example",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="edit by example: do to the face what changes picture A into picture B",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="edit by example: move the face toward this picture (the threshold decides how much comes along)",
+    )
     p.add_argument("--source", default=None, help="source text (default: the domain's neutral text)")
     add_edit_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -50,16 +62,24 @@ def run(args) -> int:
     import torch
 
     from ..api import load_editor
+    from ..errors import InputError
     from ..imageio import load_image, load_latents, save_png
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import InputError
-
         raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if not (args.target or args.example or args.reference):
+        raise InputError("say what to change: --target TEXT, --example A.png B.png or --reference R.png")
+    if (args.example or args.reference) and args.backbone != "gan":
+        raise InputError("edits by example run on DeltaEdit-G for now: use --backbone gan")
     # Read the input before loading about a gigabyte of models, so bad input fails in a second.
+    pictures = {}
+    if args.example:
+        pictures["example"] = tuple(load_image(path) for path in args.example)
+    if args.reference:
+        pictures["reference"] = load_image(args.reference)
     if args.image is not None:
-        given = dict(image=load_image(args.image), align=not args.no_align)
+        given = dict(image=load_image(args.image))
     else:
         from ..config import load_domain_config
         from ..nn.stylegan2 import Generator
@@ -69,7 +89,8 @@ def run(args) -> int:
         latents = load_latents(args.latents, n_latent=G.n_latent, style_dim=G.style_dim, index=args.index)
         given = dict(latents=latents)
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
-    result = editor.edit(**given, targets=args.target, source=args.source, **edit_options(args))
+    given["align"] = not args.no_align  # photos and example pictures alike
+    result = editor.edit(**given, targets=args.target, source=args.source, **pictures, **edit_options(args))
     for notice in result.notices:
         print(f"notice: {notice}", file=sys.stderr)
     for path, image in zip(_out_paths(args.out, len(result.edited_images)), result.edited_images):

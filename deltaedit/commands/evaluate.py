@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_edit_options(p)
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda (the classifier runs there too)")
+    p.add_argument(
+        "--by-example",
+        action="store_true",
+        help="edit each face by text and by an example pair A -> B of another face, side by side (DeltaEdit-G)",
+    )
 
 
 def run(args) -> int:
@@ -36,8 +41,15 @@ def run(args) -> int:
         raise InputError(f"domain {args.domain!r} has no attribute classifier; eval supports --domain toy")
     if args.n < 1:
         raise InputError("--n must be at least 1")
+    if args.by_example and args.backbone != "gan":
+        raise InputError("--by-example runs on DeltaEdit-G for now: use --backbone gan")
     editor = load_editor(args.domain, backbone=args.backbone, device=args.device, weights_dir=args.weights_dir)
     classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir)).to(args.device)
+    if args.by_example:
+        from ..toy.evaluate_examples import evaluate_by_example
+
+        print(evaluate_by_example(editor, classifier, n=args.n, seed=args.seed, **edit_options(args)).table())
+        return 0
     report = evaluate(editor, classifier, n=args.n, seed=args.seed, **edit_options(args))
     print(report.table())
     return 0

@@ -106,6 +106,10 @@ def check_refine_steps(steps) -> int:
     return check_whole_number("refine_steps", steps, REFINE_STEPS_RANGE)
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
 def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
     """One or several target phrases (a string may hold one per line)."""
     if targets is None:
@@ -303,6 +307,21 @@ class GanEditor:
         """The unedited source decoded from its S (convs) and W+ (ToRGB), [1, 3, H, W]."""
         return decode_s(self.generator, self.layout.split(codes.s), codes.w_plus)
 
+    def request_deltas(
+        self, codes: SourceCodes, targets: list[str], source_text: str, example, reference, align: bool
+    ) -> tuple[torch.Tensor, list[str], list[str]]:
+        """Every delta of a request [T, D] (text targets first, then pictures), their labels and notices."""
+        deltas, labels, notices = [], list(targets), []
+        if targets:
+            delta_t, notices = self.text_deltas(targets, source_text)
+            deltas.append(delta_t)
+        names, pictures, picture_notices = self.example_deltas(codes, example, reference, align)
+        if pictures is not None:
+            deltas.append(pictures.to(deltas[0].dtype) if deltas else pictures)
+            labels += names
+            notices += picture_notices
+        return torch.cat(deltas), labels, notices
+
     def text_deltas(self, targets: list[str], source_text: str) -> tuple[torch.Tensor, list[str]]:
         """Raw Δt [T, D] of each target against the source text, and notices about them."""
         self.clip.text_embeddings([*targets, source_text])  # every new phrase in one batched encode
@@ -314,6 +333,44 @@ class GanEditor:
                 notices.append(f"target {target!r} equals the source text {source_text!r}: nothing to edit")
             deltas.append(delta)
         return torch.stack(deltas).to(self.device), notices
+
+    @torch.no_grad()
+    def image_feature(self, image, align: bool = True) -> torch.Tensor:
+        """CLIP image feature [1, D] of an example picture, prepared as a photo is (aligned on FFHQ)."""
+        pil = load_image(image)
+        if align and self.config.align_faces:
+            pil, _ = self.aligner.align(pil)
+        x = to_tensor(pil, self.config.encoder.input_size).to(self.device)
+        return self.clip.image_features(x, image_size=self.config.encoder.input_size)
+
+    def example_deltas(
+        self, codes: SourceCodes, example=None, reference=None, align: bool = True
+    ) -> tuple[list[str], torch.Tensor | None, list[str]]:
+        """(labels, deltas [E, D], notices) of the edits given by pictures instead of text.
+
+        The mapper was trained on differences of unit CLIP image features; these are such
+        differences, so they go where a text Δt goes (relevance selection, grounding, refinement):
+        - `example=(A, B)`: do to the face what changes A into B, Δ = u(CLIP(B)) − u(CLIP(A));
+        - `reference=R`: move the face toward R, Δ = u(CLIP(R)) − u(CLIP(source)); the threshold
+          decides how much of R comes along.
+        """
+        labels, rows, notices = [], [], []
+        if example is not None:
+            if not isinstance(example, (tuple, list)) or len(example) != 2:
+                raise InputError(
+                    "example must be a pair of images (A, B): the edit does to the face what changes A into B"
+                )
+            a, b = (_unit(self.image_feature(x, align)) for x in example)
+            labels.append("by example (A → B)")
+            rows.append(b - a)
+        if reference is not None:
+            labels.append("toward the reference")
+            rows.append(_unit(self.image_feature(reference, align)) - _unit(codes.clip_feature))
+        for label, row in zip(labels, rows):
+            if float(row.norm()) < 1e-6:
+                notices.append(f"{label}: the pictures look the same to CLIP, so there is nothing to edit")
+        deltas = torch.cat(rows).to(self.device).float() if rows else None
+        return labels, deltas, notices
 
     @torch.no_grad()
     def style_deltas(self, codes: SourceCodes, delta_t: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -333,11 +390,13 @@ class GanEditor:
         return delta_s
 
     def resolve_request(
-        self, targets, source, strength, threshold, backbone: str = "gan"
+        self, targets, source, strength, threshold, backbone: str = "gan", by_example: bool = False
     ) -> tuple[list[str], str, float, float]:
         """Validated (targets, source text, strength, threshold); None: the domain's default for
-        `backbone` (DeltaEdit-D shares this editor's models but has defaults of its own)."""
-        targets = normalise_targets(targets)
+        `backbone` (DeltaEdit-D shares this editor's models but has defaults of its own). With
+        `by_example` (an edit that also has example images) the text targets may be absent."""
+        no_text = targets is None or (isinstance(targets, str) and not targets.strip()) or targets == []
+        targets = [] if by_example and no_text else normalise_targets(targets)
         defaults = self.config.defaults_for(backbone)
         strength = defaults.strength if strength is None else strength
         threshold = defaults.threshold if threshold is None else threshold
@@ -387,22 +446,28 @@ class GanEditor:
         image=None,
         latents=None,
         codes: SourceCodes | None = None,
-        targets: str | list[str],
+        targets: str | list[str] | None = None,
         source: str | None = None,
         strength: float | None = None,
         threshold: float | None = None,
         align: bool = True,
         refine_steps: int | None = None,
+        example=None,
+        reference=None,
     ) -> EditResult:
         """`strength`, `threshold`, `refine_steps`: None takes the domain's defaults. `refine_steps`
         > 0 refines the mapper's Δs through the generator and CLIP (not in the paper; see
-        `deltaedit.refine`)."""
+        `deltaedit.refine`). `example=(A, B)` and `reference=R` add edits given by pictures
+        (`example_deltas`), alongside the text targets or instead of them."""
         clock = StageClock(self.device if self.sync_timings else None)
-        targets, source_text, strength, threshold = self.resolve_request(targets, source, strength, threshold)
+        by_example = example is not None or reference is not None
+        targets, source_text, strength, threshold = self.resolve_request(
+            targets, source, strength, threshold, by_example=by_example
+        )
         refine_steps = self.resolve_refine_steps(refine_steps)  # before any model work
         codes = self.prepare(image=image, latents=latents, codes=codes, align=align)
         clock.lap("encode")
-        delta_t, notices = self.text_deltas(targets, source_text)
+        delta_t, targets, notices = self.request_deltas(codes, targets, source_text, example, reference, align)
         clock.lap("text")
         delta_s = self.style_deltas(codes, delta_t, threshold)
         clock.lap("mapper")
