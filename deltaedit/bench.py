@@ -181,6 +181,19 @@ def bench_gan_edit(editor, device: str = "cpu", repeat: int = 1) -> list[Row]:
             note="text embedding and source codes are cached",
         )
     )
+    # The live strength slider: a kept plan decoded at a new strength, against one bare decode.
+    plan = editor.plan(codes=codes, targets=["face with smile 0"])
+    t_live = _time(lambda: editor.decode_plan(plan, strength=1.3), repeat, sync)
+    t_bare = _time(lambda: decode_s(editor.generator, editor.layout.split(codes.s), codes.w_plus), repeat, sync)
+    rows.append(
+        Row(
+            "live strength re-edit (kept plan)",
+            t_live,
+            t_bare,
+            target="one decode",
+            note=f"{t_live / t_bare:.2f}x a bare generator decode",
+        )
+    )
     if on_cpu:
         return rows
     n = max(repeat, GPU_REPEAT)
@@ -205,6 +218,31 @@ def bench_gan_edit(editor, device: str = "cpu", repeat: int = 1) -> list[Row]:
     total, parts = stage_breakdown(results)
     rows.append(Row("GPU: one edit by stage (synced)", total * 1000, None, "ms", note=parts))
     return rows
+
+
+def bench_toy_sweep(device: str = "cpu", repeat: int = 5) -> list[Row]:
+    """Toy DeltaEdit-G: one edit, a 7-strength sweep (one batched decode) and a live re-edit."""
+    from .api import load_editor
+
+    try:
+        editor = load_editor("toy", backbone="gan", device=device)
+    except Exception as exc:  # e.g. a checkout without the toy weights
+        return [Row("toy sweep of 7", None, note=f"skipped: {exc}"[:100])]
+    sync = _sync_for(device)
+    codes = editor.sample(seed=1)
+    target = ["face with a smile"]
+    editor.edit(codes=codes, targets=target)  # warm: text cached, source rendered, as in the app
+    t_edit = _time(lambda: editor.edit(codes=codes, targets=target), repeat, sync)
+    t_sweep = _time(lambda: editor.sweep(codes=codes, targets=target, count=7), repeat, sync)
+    plan = editor.plan(codes=codes, targets=target)
+    t_live = _time(lambda: editor.decode_plan(plan, strength=1.2), repeat, sync)
+    return [
+        Row("toy G: one edit (defaults)", t_edit * 1000, None, "ms"),
+        Row("toy G: sweep of 7 strengths", t_sweep * 1000, t_edit * 1000, "ms", "<= 2x one edit",
+            t_sweep <= 2 * t_edit, f"{t_sweep / t_edit:.2f}x one edit"),
+        Row("toy G: live strength re-edit", t_live * 1000, t_edit * 1000, "ms", "<= 40 ms", t_live <= 0.040,
+            "a kept plan decoded at a new strength"),
+    ]  # fmt: skip
 
 
 def _write_random_ffhq_weights(folder: Path) -> None:
@@ -446,7 +484,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def run_benchmarks(
-    device: str = "cpu", weights_dir=None, parts=("text", "gan", "memory", "diffusion")
+    device: str = "cpu", weights_dir=None, parts=("text", "gan", "sweep", "memory", "diffusion")
 ) -> list[Row]:
     rows: list[Row] = []
     editor = clip = None
@@ -464,6 +502,8 @@ def run_benchmarks(
         rows += bench_text(clip)
     if "gan" in parts:
         rows += bench_gan_edit(editor, device)
+    if "sweep" in parts:
+        rows += bench_toy_sweep(device)
     if "memory" in parts and not device.startswith("cuda"):
         rows += bench_memory(weights_dir)
     if "diffusion" in parts:

@@ -233,6 +233,22 @@ def save_png(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> Path
     return path
 
 
+def save_animation(frames: list[Image.Image], path: str | os.PathLike, frame_ms: int = 150) -> Path:
+    """Write `frames` as a looping animation (GIF or WebP, from the suffix) that plays them forward
+    and back, atomically."""
+    path = Path(path)
+    kind = {".gif": "GIF", ".webp": "WEBP"}.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"an animation is written as .gif or .webp, not {path.suffix or 'no suffix'!r}")
+    if not frames:
+        raise InputError("an animation needs at least one frame")
+    loop = list(frames) + list(frames[-2:0:-1])  # forward, then back: a seamless loop
+    options = {"lossless": True} if kind == "WEBP" else {"disposal": 2}
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        loop[0].save(fh, format=kind, save_all=True, append_images=loop[1:], duration=frame_ms, loop=0, **options)
+    return path
+
+
 def load_latents(
     path: str | os.PathLike,
     n_latent: int | None = None,

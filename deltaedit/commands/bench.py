@@ -7,7 +7,7 @@ from pathlib import Path
 
 NAME = "bench"
 HELP = "benchmark editing speed and memory (prints a table)"
-PARTS = ("text", "gan", "memory", "diffusion")
+PARTS = ("text", "gan", "sweep", "memory", "diffusion")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

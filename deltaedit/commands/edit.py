@@ -44,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="edit by example: move the face toward this picture (the threshold decides how much comes along)",
     )
     p.add_argument("--source", default=None, help="source text (default: the domain's neutral text)")
+    p.add_argument(
+        "--sweep",
+        type=int,
+        metavar="K",
+        help="render the first edit at K strengths from 0 to twice the strength (one batched decode):"
+        " writes K frames (out_0 ... out_K-1) and a looping animation (--animation)",
+    )
+    p.add_argument("--animation", type=Path, default=None, help="with --sweep: the GIF or WebP (default: out.gif)")
     add_edit_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
@@ -56,6 +64,21 @@ def _out_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
     return [out] + [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(1, n)]
+
+
+def _write_sweep(sweep, args) -> int:
+    from ..imageio import save_animation, save_png
+
+    for notice in sweep.notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    frames = [args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix or '.png'}") for i in range(len(sweep.frames))]
+    for path, image, strength in zip(frames, sweep.frames, sweep.strengths):
+        save_png(image, path)
+        print(f"wrote {path} (strength {strength:g})")
+    animation = args.animation or args.out.with_suffix(".gif")
+    save_animation(sweep.frames, animation)
+    print(f"wrote {animation}")
+    return 0
 
 
 def run(args) -> int:
@@ -72,6 +95,8 @@ def run(args) -> int:
         raise InputError("say what to change: --target TEXT, --example A.png B.png or --reference R.png")
     if (args.example or args.reference) and args.backbone != "gan":
         raise InputError("edits by example run on DeltaEdit-G for now: use --backbone gan")
+    if args.sweep is not None and args.backbone != "gan":
+        raise InputError("--sweep runs on DeltaEdit-G for now: use --backbone gan")
     # Read the input before loading about a gigabyte of models, so bad input fails in a second.
     pictures = {}
     if args.example:
@@ -90,7 +115,10 @@ def run(args) -> int:
         given = dict(latents=latents)
     editor = load_editor(args.domain, backbone=args.backbone, device=device, weights_dir=args.weights_dir)
     given["align"] = not args.no_align  # photos and example pictures alike
-    result = editor.edit(**given, targets=args.target, source=args.source, **pictures, **edit_options(args))
+    request = dict(**given, targets=args.target, source=args.source, **pictures, **edit_options(args))
+    if args.sweep is not None:
+        return _write_sweep(editor.sweep(count=args.sweep, **request), args)
+    result = editor.edit(**request)
     for notice in result.notices:
         print(f"notice: {notice}", file=sys.stderr)
     for path, image in zip(_out_paths(args.out, len(result.edited_images)), result.edited_images):

@@ -84,6 +84,31 @@ class EditResult:
     input_tensor: torch.Tensor | None = None  # [1, 3, H, W]: what the diffusion backbone inverted
 
 
+@dataclass
+class EditPlan:
+    """An edit up to its decoding (`GanEditor.plan`): decodes at any strength without recomputing."""
+
+    codes: SourceCodes
+    targets: list[str]
+    source_text: str
+    strength: float
+    threshold: float
+    delta_s: torch.Tensor  # [T, S] after relevance selection (and refinement), before strength
+    notices: list[str]
+    clock: StageClock
+
+
+@dataclass
+class SweepResult:
+    """One target's edit at several strengths (`GanEditor.sweep`)."""
+
+    frames: list[Image.Image]
+    strengths: list[float]
+    target: str
+    notices: list[str]
+    timings: dict[str, float]
+
+
 def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
     try:
         value = float(value)
@@ -440,7 +465,7 @@ class GanEditor:
         )
 
     @torch.no_grad()
-    def edit(
+    def plan(
         self,
         *,
         image=None,
@@ -454,11 +479,10 @@ class GanEditor:
         refine_steps: int | None = None,
         example=None,
         reference=None,
-    ) -> EditResult:
-        """`strength`, `threshold`, `refine_steps`: None takes the domain's defaults. `refine_steps`
-        > 0 refines the mapper's Δs through the generator and CLIP (not in the paper; see
-        `deltaedit.refine`). `example=(A, B)` and `reference=R` add edits given by pictures
-        (`example_deltas`), alongside the text targets or instead of them."""
+    ) -> EditPlan:
+        """Everything of an edit but its decoding: the source's codes and each target's Δs (see
+        `edit` for the arguments). A plan decodes at any strength without new text, mapper or
+        encoder work (`decode_plan`, `sweep`)."""
         clock = StageClock(self.device if self.sync_timings else None)
         by_example = example is not None or reference is not None
         targets, source_text, strength, threshold = self.resolve_request(
@@ -474,35 +498,63 @@ class GanEditor:
         if refine_steps:
             delta_s = self.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)
             clock.lap("refine")
-        s_edit = codes.s + strength * delta_s
+        return EditPlan(codes, targets, source_text, strength, threshold, delta_s, codes.notices + notices, clock)
 
-        # The source is rendered at most once per input; here only when it is still missing.
-        batch = s_edit if codes.image is not None else torch.cat([codes.s, s_edit])
-        images = decode_s(
-            self.generator, self.layout.split(batch), codes.w_plus.expand(batch.shape[0], -1, -1)
-        )
-        if codes.image is None:
-            codes.image, images = images[:1], images[1:]
+    @torch.no_grad()
+    def edit(self, **request) -> EditResult:
+        """Edit a source toward each target: `image=`, `latents=` or `codes=`; `targets` (text, one per
+        line or a list), `source` text, `strength`, `threshold`, `align`, `refine_steps`: None takes
+        the domain's defaults. `refine_steps` > 0 refines the mapper's Δs through the generator and
+        CLIP (not in the paper; see `deltaedit.refine`). `example=(A, B)` and `reference=R` add
+        edits given by pictures (`example_deltas`), alongside the text targets or instead of them."""
+        return self.decode_plan(self.plan(**request))
+
+    @torch.no_grad()
+    def decode_plan(self, plan: EditPlan, strength: float | None = None) -> EditResult:
+        """The edits of `plan` at `strength` (default: the plan's): one generator decode, nothing else
+        recomputed. A re-edit at a new strength (the app's live slider) costs only this."""
+        codes, delta_s, clock = plan.codes, plan.delta_s, plan.clock
+        strength = plan.strength if strength is None else check_number("strength", strength, STRENGTH_RANGE)
+        s_edit = codes.s + strength * delta_s
+        images = self._decode_styles(codes, s_edit)
         # A target with nothing to change is the source itself, not a re-decode of it that a
         # different batch size may round differently.
-        unchanged = (delta_s == 0).all(dim=1)
+        unchanged = (delta_s == 0).all(dim=1) | (strength == 0)
         if unchanged.any():
             images = torch.where(unchanged.view(-1, 1, 1, 1), codes.image.to(images.dtype), images)
         clock.lap("decode")
-        timings = clock.timings
         return make_result(
-            codes,
-            codes.image,
-            images,
-            targets,
-            source_text,
-            strength,
-            threshold,
-            s_edit,
-            delta_s,
-            codes.notices + notices,
-            timings,
-        )
+            codes, codes.image, images, plan.targets, plan.source_text, strength, plan.threshold,
+            s_edit, delta_s, plan.notices, clock.timings,
+        )  # fmt: skip
+
+    def _decode_styles(self, codes: SourceCodes, s_batch: torch.Tensor) -> torch.Tensor:
+        """Decode a batch of style codes of `codes`' source; the source itself is rendered at most
+        once per input, in the same batch when it is still missing."""
+        batch = s_batch if codes.image is not None else torch.cat([codes.s, s_batch])
+        images = decode_s(self.generator, self.layout.split(batch), codes.w_plus.expand(batch.shape[0], -1, -1))
+        if codes.image is None:
+            codes.image, images = images[:1], images[1:]
+        return images
+
+    @torch.no_grad()
+    def sweep(self, count: int = 7, strengths=None, **request) -> SweepResult:
+        """The first target's edit at several strengths in one batched decode: `strengths`, or by
+        default `count` evenly spaced from 0 to twice the strength the request resolves to."""
+        plan = self.plan(**request)
+        if strengths is None:
+            count = int(check_whole_number("count", count, (2, 64)))
+            strengths = torch.linspace(0.0, 2.0 * plan.strength, count).tolist()
+        strengths = [check_number("strength", a, STRENGTH_RANGE) for a in strengths]
+        if not 1 <= len(strengths) <= 64:
+            raise InputError(f"a sweep takes 1 to 64 strengths, got {len(strengths)}")
+        alphas = torch.tensor(strengths, device=plan.delta_s.device, dtype=plan.delta_s.dtype).view(-1, 1)
+        frames = self._decode_styles(plan.codes, plan.codes.s + alphas * plan.delta_s[:1])
+        if not bool(plan.delta_s[0].abs().sum() > 0):  # nothing to change: every frame is the source
+            frames = plan.codes.image.to(frames.dtype).expand_as(frames)
+        plan.clock.lap("decode")
+        pictures = pixels_to_pils(tensors_to_pixels(frames.float()))
+        return SweepResult(pictures, strengths, plan.targets[0], plan.notices, dict(plan.clock.timings))
 
 
 def make_result(
