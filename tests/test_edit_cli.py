@@ -165,7 +165,7 @@ def test_target_equal_to_source_writes_the_source_with_a_notice(tiny_ffhq, tmp_p
 
 
 def test_long_prompt_runs_with_a_truncation_notice(tiny_ffhq, tmp_path, latent_file, capsys):
-    long = "face with " + " ".join(["extremely"] * 90) + " curly hair"
+    long = "face with " + " ".join(["a"] * 90) + " curly hair"  # over 77 tokens, under 300 characters
     code, _, err = run_edit(
         capsys,
         tiny_ffhq.weights,
