@@ -234,15 +234,29 @@ def test_edit_cli_works_offline_on_the_shipped_toy_weights(tmp_path, monkeypatch
 @pytest.mark.skipif(
     not (ASSETS / "classifier.safetensors").is_file() or not _shipped(), reason="no toy weights"
 )
-def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch):
+def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
     argv = ["eval", "--domain", "toy", "--backbone", "gan", "--n", "2", "--seed", "7", "--refine-steps", "0"]
+    argv += ["--save", str(tmp_path / "sheets")]
     assert cli.main(argv) == 0  # the format is under test here; the floors below use the defaults
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"success=[01]\.\d\d preservation=[01]\.\d\d", out[-1])
     assert any(
         line.startswith("face with eyeglasses") or line.startswith("face with blond hair") for line in out
     )
+    # Against the true edited render: for DeltaEdit-G the backbone's edit is R(s') itself, so its
+    # row equals the G row exactly, and the baseline (G's edit + the input's residual) differs.
+    summary = next(line for line in out if line.startswith("counterfactual_psnr"))
+    found = re.fullmatch(
+        r"counterfactual_psnr \(n (\d+)\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)", summary
+    )
+    assert found, summary
+    assert int(found[1]) > 0 and found[2] == found[4] != found[3]
+    assert 10 < float(found[2]) < 40 and 10 < float(found[3]) < 40
+    sheets = sorted((tmp_path / "sheets").glob("face*.png"))
+    assert [p.name for p in sheets] == ["face000.png", "face001.png"]
+    width, height = Image.open(sheets[0]).size
+    assert height == 4 * 128 and width % 128 == 0 and width > 128  # truth, backbone, baseline, G
 
 
 def test_eval_refuses_a_domain_without_a_classifier(capsys):

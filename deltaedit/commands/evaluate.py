@@ -21,6 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_edit_options(p)
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda (the classifier runs there too)")
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one PNG per face to DIR: the input, then per edit the true edited render, the"
+        " backbone's edit, the no-UNet baseline and DeltaEdit-G's",
+    )
 
 
 def run(args) -> int:
@@ -38,6 +46,6 @@ def run(args) -> int:
         raise InputError("--n must be at least 1")
     editor = load_editor(args.domain, backbone=args.backbone, device=args.device, weights_dir=args.weights_dir)
     classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir)).to(args.device)
-    report = evaluate(editor, classifier, n=args.n, seed=args.seed, **edit_options(args))
+    report = evaluate(editor, classifier, n=args.n, seed=args.seed, save=args.save, **edit_options(args))
     print(report.table())
     return 0
