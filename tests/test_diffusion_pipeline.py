@@ -13,6 +13,7 @@ from deltaedit.pipelines.diffusion import (
     DEFAULT_SCHEDULER_CONFIG,
     CudaGraphUNet,
     DiffusionBackbone,
+    changed_pixels,
     ddim_invert,
     ddim_sample,
     inference_dtype,
@@ -475,3 +476,94 @@ def test_full_depth_is_the_default(residual_backbone, small_data):
     a = residual_backbone.edit(x0, s, deltas, steps=6, render=_linear_render)
     b = residual_backbone.edit(x0, s, deltas, steps=6, render=_linear_render, depth=1.0)
     assert torch.equal(a.edits, b.edits)
+
+
+# ---- the learned-shift rule and the change mask (issue 26) ----------------------------------------
+
+
+def test_shift_rule_moves_the_inputs_own_residual_by_the_unets_change_of_it(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    kwargs = dict(strength=1.0, steps=10, render=_linear_render, depth=0.5)
+    decoded = residual_backbone.edit(x0, s, deltas, **kwargs)
+    shifted = residual_backbone.edit(x0, s, deltas, residual="shift", **kwargs)
+    renders = _linear_render(torch.cat([s, s + deltas]))
+    # The reconstruction is the input itself: D(s) − D(s) = 0.
+    torch.testing.assert_close(shifted.reconstruction, x0, atol=1e-6, rtol=0)
+    # Each edit is R(s') + (x0 − R(s)) + [D(s') − D(s)], D the residual decoded from the same x_T.
+    unet_change = (decoded.edits - renders[1:]) - (decoded.reconstruction - renders[:1])
+    want = renders[1:] + (x0 - renders[:1]) + unet_change
+    torch.testing.assert_close(shifted.edits, want, atol=1e-5, rtol=0)
+    assert unet_change.abs().max() > 1e-4  # the untrained UNet does change the residual
+
+
+def test_changed_pixels_ignores_isolated_pixels_and_keeps_changed_regions():
+    source = torch.zeros(1, 3, 12, 12)
+    renders = torch.zeros(2, 3, 12, 12)
+    renders[0, 1, 5, 5] = 0.9  # one pixel: its 3x3 mean 0.1 stays under 0.2
+    renders[1, 2, 2:7, 2:7] = -0.3  # a 5x5 region in one channel: changed where the mean is 0.3
+    keep = changed_pixels(source, renders, 0.2)
+    assert keep.shape == (2, 1, 12, 12) and keep.dtype == torch.bool
+    assert not keep[0].any()
+    assert keep[1, 0, 3:6, 3:6].all() and keep[1].sum() < 49  # the inside, not the whole neighbourhood
+    assert not keep[1, 0, 8:].any()
+
+
+def test_change_threshold_returns_the_inputs_pixels_where_the_rendering_stays(residual_backbone, small_data):
+    x0, s, deltas = small_data
+
+    def render(styles):  # the edit changes the left half of the rendering only
+        out = _linear_render(s).expand(styles.shape[0], -1, -1, -1).clone()
+        out[:, :, :, :8] += 0.5 * torch.tanh(styles - s)[:, :3].view(-1, 3, 1, 1)
+        return out
+
+    deltas = deltas.abs() + 0.5  # a clear change: |0.5 tanh(Δ)| > 0.2 in every row
+    kwargs = dict(strength=1.0, steps=10, render=render, depth=0.5, residual="shift")
+    free = residual_backbone.edit(x0, s, deltas, **kwargs)
+    masked = residual_backbone.edit(x0, s, deltas, change_threshold=0.2, **kwargs)
+    torch.testing.assert_close(masked.reconstruction, x0, atol=1e-6, rtol=0)
+    # Right of the changed half (one column of 3x3 averaging aside): exactly the input.
+    torch.testing.assert_close(
+        masked.edits[..., 9:], x0[..., 9:].expand_as(masked.edits[..., 9:]), atol=0, rtol=0
+    )
+    assert (free.edits[..., 9:] - x0[..., 9:]).abs().max() > 1e-4  # the UNet's shift reached there
+    # Inside it: the edit as without the mask.
+    torch.testing.assert_close(masked.edits[..., :7], free.edits[..., :7], atol=0, rtol=0)
+
+
+def test_unknown_residual_rules_and_bad_thresholds_are_refused(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    with pytest.raises(InputError, match="residual"):
+        residual_backbone.edit(x0, s, deltas, steps=2, render=_linear_render, residual="invert")
+    with pytest.raises(InputError, match="change_threshold"):
+        residual_backbone.edit(x0, s, deltas, steps=2, render=_linear_render, change_threshold=-0.1)
+
+
+def test_a_residual_scale_is_diffused_and_divided_out_again(small_data):
+    x0, s, deltas = small_data
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(style_dim=S, sample_size=16, render_channels=3, residual_scale=8.0)
+    backbone = DiffusionBackbone(unet, MILD, traced=False)
+    assert backbone.residual_scale == 8.0
+    out = backbone.edit(x0, s, deltas, steps=6, render=_linear_render, depth=0.5)
+    renders = _linear_render(torch.cat([s, s + deltas]))
+    # By hand: invert 8 (x0 − R(s)) under (s, R(s)); decode under each (s', R(s')); divide by 8.
+    x_t = ddim_invert(unet, MILD, 8 * (x0 - renders[:1]), s, 6, 1, 10, render=renders[:1], depth=0.5)
+    decoded = ddim_sample(
+        unet,
+        MILD,
+        x_t.expand(1 + deltas.shape[0], -1, -1, -1),
+        torch.cat([s, s + deltas]),
+        6,
+        render=renders,
+        depth=0.5,
+    )
+    want = (renders + decoded / 8).clamp(-1, 1)
+    torch.testing.assert_close(torch.cat([out.reconstruction, out.edits]), want, atol=1e-5, rtol=0)
+    # invert / sample agree with it: R(s) + decoded residual / 8.
+    x_T = backbone.invert(x0, s, steps=6, render=renders[:1])
+    full = ddim_invert(unet, MILD, 8 * (x0 - renders[:1]), s, 6, render=renders[:1])
+    torch.testing.assert_close(x_T, full, atol=1e-5, rtol=0)
+    sampled = backbone.sample(x_T, s, steps=6, render=renders[:1])
+    torch.testing.assert_close(
+        sampled, renders[:1] + ddim_sample(unet, MILD, full, s, 6, render=renders[:1]) / 8
+    )

@@ -234,9 +234,10 @@ def test_edit_cli_works_offline_on_the_shipped_toy_weights(tmp_path, monkeypatch
 @pytest.mark.skipif(
     not (ASSETS / "classifier.safetensors").is_file() or not _shipped(), reason="no toy weights"
 )
-def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch):
+def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("DELTAEDIT_WEIGHTS_DIR", raising=False)
     argv = ["eval", "--domain", "toy", "--backbone", "gan", "--n", "2", "--seed", "7", "--refine-steps", "0"]
+    argv += ["--save", str(tmp_path / "sheets")]
     assert cli.main(argv) == 0  # the format is under test here; the floors below use the defaults
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"success=[01]\.\d\d preservation=[01]\.\d\d", out[-1])
@@ -272,6 +273,19 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch)
         weighted = sum(r[0] * r[column] for r in rows.values()) / total
         assert abs(weighted - float(value)) <= 0.006, (column, weighted, value)
 
+    # Against the true edited render: for DeltaEdit-G the backbone's edit is R(s') itself, so its
+    # row equals the G row exactly, and the baseline (G's edit + the input's residual) differs.
+    summary = next(line for line in out if line.startswith("counterfactual_psnr"))
+    found = re.fullmatch(
+        r"counterfactual_psnr \(n (\d+)\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)", summary
+    )
+    assert found, summary
+    assert int(found[1]) > 0 and found[2] == found[4] != found[3]
+    assert 10 < float(found[2]) < 40 and 10 < float(found[3]) < 40
+    sheets = sorted((tmp_path / "sheets").glob("face*.png"))
+    assert [p.name for p in sheets] == ["face000.png", "face001.png"]
+    width, height = Image.open(sheets[0]).size
+    assert height == 4 * 128 and width % 128 == 0 and width > 128  # truth, backbone, baseline, G
 
 def test_eval_scorer_needs_the_asked_values_and_every_other_attribute_unchanged():
     """`_score` on hand-made classifier readings: success needs every asked value, preservation
@@ -573,8 +587,8 @@ def test_clip_training_probes_image_attributes_and_the_attributes_captions_name(
     assert not seen
 
 
-# Issue 16's floors for DeltaEdit-D (`eval --n 50`); checked here on a CI-sized sample.
-D_FLOORS = {"success": 0.80, "preservation": 0.88, "reconstruction_psnr": 30.0, "gain_over_gan_db": 3.0}
+# Issue 16's floors for DeltaEdit-D (`eval --n 50`), raised by issue 26; checked here on a CI-sized sample.
+D_FLOORS = {"success": 0.80, "preservation": 0.88, "reconstruction_psnr": 35.0, "gain_over_gan_db": 3.0}
 D_EVAL_FACES = 4
 
 
@@ -610,11 +624,17 @@ def shipped_diffusion_scores() -> dict[str, float]:
         if saved is not None:
             os.environ["DELTAEDIT_WEIGHTS_DIR"] = saved
     lines = out.getvalue().strip().splitlines()
+    counterfactual = re.fullmatch(
+        r"counterfactual_psnr \(n \d+\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)", lines[-4]
+    )
     gan_psnr = re.fullmatch(r"gan_reconstruction_psnr=(\S+)", lines[-3])
     psnr = re.fullmatch(r"reconstruction_psnr=(\S+)", lines[-2])
     scores = re.fullmatch(r"success=(\S+) preservation=(\S+)", lines[-1])
-    assert gan_psnr and psnr and scores, lines[-3:]
+    assert counterfactual and gan_psnr and psnr and scores, lines[-4:]
     return {
+        "counterfactual_psnr": float(counterfactual[1]),
+        "baseline_counterfactual_psnr": float(counterfactual[2]),
+        "gan_counterfactual_psnr": float(counterfactual[3]),
         "gan_reconstruction_psnr": float(gan_psnr[1]),
         "reconstruction_psnr": float(psnr[1]),
         "success": float(scores[1]),
@@ -635,6 +655,14 @@ def test_shipped_diffusion_model_meets_the_eval_floors(shipped_diffusion_scores)
     scores = shipped_diffusion_scores
     assert scores["success"] >= D_FLOORS["success"], scores
     assert scores["preservation"] >= D_FLOORS["preservation"], scores
+
+
+def test_shipped_diffusion_model_is_closer_to_the_true_edit_than_the_baseline_and_g(shipped_diffusion_scores):
+    """Issue 26 (on 4 faces; `eval --n 50` in docs/deltaedit-d.md): the edits lie closer to the true
+    edited render than the no-UNet baseline R(s') + (x − R(s)) and than DeltaEdit-G's R(s')."""
+    scores = shipped_diffusion_scores
+    assert scores["counterfactual_psnr"] >= scores["baseline_counterfactual_psnr"] + 0.3, scores
+    assert scores["counterfactual_psnr"] >= scores["gan_counterfactual_psnr"] + 1.5, scores
 
 
 @pytest.mark.gpu

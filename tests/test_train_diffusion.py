@@ -11,11 +11,12 @@ from PIL import Image
 
 from deltaedit.errors import InputError
 from deltaedit.nn.style_unet import StyleConditionedUNet
-from deltaedit.pipelines.diffusion import DiffusionBackbone
+from deltaedit.pipelines.diffusion import DEFAULT_SCHEDULER_CONFIG, DiffusionBackbone, ddim_sample
 from deltaedit.training.diffusion import (
     ShardDataset,
     diffusion_loss,
     make_noise_scheduler,
+    to_uint8_hwc,
     train_diffusion,
     write_shard,
 )
@@ -257,11 +258,41 @@ def test_residual_model_needs_renders_in_its_data(pairs, triples, tmp_path):
 
 
 def test_sample_grids_of_a_residual_model_add_the_rendering(triples, tmp_path):
+    images, styles, renders = triples
+    config = {**_residual_config(), "residual_scale": 4.0}
     out = train_diffusion(
-        triples, _residual_config(), tmp_path, steps=1, lr=1e-3, **{**FAST, "sample_every": 1}, sample_steps=2
+        triples, config, tmp_path, steps=1, lr=1e-3, **{**FAST, "sample_every": 1}, sample_steps=2
     )
     with Image.open(out / "samples" / "step_000001.png") as im:
         assert im.size == (8 * 16, 2 * 16)
+        grid = np.asarray(im.convert("RGB"), np.int16)
+    # Row 1 is each shown example's image: R(s) + the residual its code decodes to from the grid's
+    # fixed noise, divided by the residual scale (the weights saved after this one step are the
+    # EMA weights the grid was drawn with).
+    unet = StyleConditionedUNet.from_pretrained(out).eval()
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(FAST["seed"]))
+    residual = ddim_sample(unet, DEFAULT_SCHEDULER_CONFIG, noise, styles, 2, render=renders)
+    want = np.concatenate(list(to_uint8_hwc(renders + residual / 4.0)), axis=1).astype(np.int16)
+    assert np.abs(grid[16:] - want).max() <= 1
+    # Without the rendering (the residual alone) or without the scale the row would differ.
+    wrong = np.concatenate(list(to_uint8_hwc(residual / 4.0)), axis=1).astype(np.int16)
+    assert np.abs(grid[16:] - wrong).max() > 20
+    unscaled = np.concatenate(list(to_uint8_hwc(renders + residual)), axis=1).astype(np.int16)
+    assert np.abs(grid[16:] - unscaled).max() > 5
+
+
+def test_residual_scale_multiplies_the_diffused_residual(triples):
+    images, styles, renders = triples
+    torch.manual_seed(0)
+    unet = StyleConditionedUNet.tiny(S, render_channels=3, residual_scale=8.0)
+    scheduler = make_noise_scheduler()
+    noise, t = torch.randn(images.shape), torch.randint(0, 1000, (8,))
+    with torch.no_grad():
+        loss = diffusion_loss(unet, scheduler, images, styles, noise, t, renders, residual_scale=8.0)
+        noisy = scheduler.add_noise((images - renders) * 8.0, noise, t)
+        expected = torch.nn.functional.mse_loss(unet(noisy, t, styles, renders), noise)
+        unscaled = diffusion_loss(unet, scheduler, images, styles, noise, t, renders)
+    assert torch.allclose(loss, expected) and not torch.allclose(loss, unscaled)
 
 
 def test_shards_carry_renders(triples, tmp_path):

@@ -24,7 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--by-example",
         action="store_true",
-        help="edit each face by text and by an example pair A -> B of another face, side by side (DeltaEdit-G)",
+        help="edit each face by text and by an example pair A -> B of another face, side by side",
+    )
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one PNG per face to DIR: the input, then per edit the true edited render, the"
+        " backbone's edit, the no-UNet baseline and DeltaEdit-G's",
     )
 
 
@@ -50,6 +58,6 @@ def run(args) -> int:
 
         print(evaluate_by_example(editor, classifier, n=args.n, seed=args.seed, **edit_options(args)).table())
         return 0
-    report = evaluate(editor, classifier, n=args.n, seed=args.seed, **edit_options(args))
+    report = evaluate(editor, classifier, n=args.n, seed=args.seed, save=args.save, **edit_options(args))
     print(report.table())
     return 0

@@ -86,12 +86,16 @@ class StyleConditionedUNet(ModelMixin, ConfigMixin):
         render_channels: int = 0,
         time_scale_shift: str = "scale_shift",
         unet_extra: dict | None = None,
+        residual_scale: float = 1.0,
     ):
         """`render_channels`: channels of a conditioning image (the generator's rendering R(s) of the
         same style code) concatenated to the noisy sample at the input; 0 for none. `time_scale_shift`:
         diffusers' `resnet_time_scale_shift` ("scale_shift" is AdaGN; "default" adds the embedding,
         as public DDPMs were trained). `unet_extra`: further `UNet2DModel` keywords (e.g. `norm_eps`,
-        `freq_shift`), so a public model's exact architecture can be rebuilt and fine-tuned."""
+        `freq_shift`), so a public model's exact architecture can be rebuilt and fine-tuned.
+        `residual_scale` (a rendering-conditioned model): the diffused data is
+        residual_scale · (x0 − R(s)), so a residual much smaller than the noise (the toy's RMS is
+        about 0.1) is diffused at about unit scale; samplers divide it out again."""
         super().__init__()
         if sample_size % patch_size:
             raise InputError(f"sample_size {sample_size} is not a multiple of patch_size {patch_size}")

@@ -441,6 +441,11 @@ class DiffusionBackbone:
         """Channels of the generator rendering R(s) the UNet is conditioned on (0: a plain model)."""
         return int(getattr(self.unet.config, "render_channels", 0) or 0)
 
+    @property
+    def residual_scale(self) -> float:
+        """What a rendering-conditioned model's residual x0 − R(s) is multiplied by before diffusing."""
+        return float(getattr(self.unet.config, "residual_scale", 1.0) or 1.0)
+
     def _check_render(self, render, styles: torch.Tensor) -> torch.Tensor | None:
         """R(s) [N, C, H, W] for the N style codes `styles`: a tensor, or a function styles -> renders."""
         channels = self.render_channels
@@ -480,7 +485,7 @@ class DiffusionBackbone:
             raise InputError(f"{x0.shape[0]} images but {s.shape[0]} style codes")
         render = self._check_render(render, s)
         if render is not None:
-            x0 = x0 - render
+            x0 = (x0 - render) * self.residual_scale
         return ddim_invert(
             self.denoiser, self.scheduler_config, x0, s, steps, refine, refine_last, render=render
         )
@@ -490,7 +495,7 @@ class DiffusionBackbone:
         s = self._check_style(s, "s")
         render = self._check_render(render, s)
         out = ddim_sample(self.denoiser, self.scheduler_config, x_T.to(self.device), s, steps, render=render)
-        return out if render is None else render + out
+        return out if render is None else render + out / self.residual_scale
 
     def generate(
         self, s: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None, render=None
@@ -513,6 +518,8 @@ class DiffusionBackbone:
         preserve_details: bool = False,
         render: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         depth: float = 1.0,
+        residual: str = "decode",
+        change_threshold: float | None = None,
     ) -> DiffusionEdit:
         """Invert x0 [1,3,H,W] once under s_source [1,S]; decode under s_source + strength·Δs for Δs [T,S].
 
@@ -528,7 +535,23 @@ class DiffusionBackbone:
         steps from ~23 dB to ~32 dB reconstruction PSNR at 50 steps for 20% more UNet calls;
         refine_last=None: ~39 dB at 2x the inversion cost). `preserve_details`: direct-inversion
         correction (see `ddim_sample`); the reconstruction is then the input itself.
+
+        `residual` (a rendering-conditioned model only): "decode" returns R(s') + the residual
+        decoded under (s', R(s')); "shift" returns R(s') + (x0 − R(s)) + [D(s') − D(s)], the input's
+        own residual moved by the difference between the UNet's decodings of the same inverted x_T
+        under (s', R(s')) and under (s, R(s)): a learned shift that is zero where the edit changes
+        nothing, so the reconstruction row is the input itself. `change_threshold` (with a render):
+        pixels where the edit leaves the rendering alone (|R(s') − R(s)|, largest over channels,
+        3x3 mean, at most the threshold) return the input's pixels instead (docs/deltaedit-d.md).
         """
+        if residual not in RESIDUAL_RULES:
+            raise InputError(f"residual must be one of {', '.join(RESIDUAL_RULES)}, got {residual!r}")
+        if change_threshold is not None and not (
+            isinstance(change_threshold, int | float)
+            and math.isfinite(change_threshold)
+            and change_threshold >= 0
+        ):
+            raise InputError(f"change_threshold must be a number >= 0 or None, got {change_threshold!r}")
         x0 = self._check_image(x0)
         if x0.shape[0] != 1:
             raise InputError(f"edit takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
@@ -543,12 +566,14 @@ class DiffusionBackbone:
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
         styles = torch.cat([s_source, s_source + float(strength) * delta_s])
         renders = self._check_render(render, styles)
+        image = x0
+        scale = self.residual_scale
         if renders is not None:
             x0 = x0 - renders[:1]  # the residual the generator misses
         inverted = ddim_invert(
             self.denoiser,
             self.scheduler_config,
-            x0,
+            x0 if renders is None else x0 * scale,
             s_source,
             steps,
             refine,
@@ -568,7 +593,30 @@ class DiffusionBackbone:
             render=renders,
             depth=depth,
         )
-        if renders is not None:
+        if renders is None:
+            out = out.clamp(-1, 1)
+            return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
+        out = out / scale
+        if residual == "shift":
+            # The input's residual x0 − R(s) plus the UNet's change of it: D(s') − D(s), same x_T.
+            out = renders + x0 + (out - out[:1])
+        else:
             out = renders + out
+        if change_threshold is not None:
+            keep = changed_pixels(renders[:1], renders, change_threshold)
+            out = torch.where(keep, out, image)
         out = out.clamp(-1, 1)
         return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
+
+
+RESIDUAL_RULES = ("decode", "shift")
+
+
+def changed_pixels(render_source: torch.Tensor, renders: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Where an edit changes the generator's rendering: bool [N, 1, H, W] for renders [N, C, H, W]
+    against render_source [1, C, H, W], true where |R(s') − R(s)| (largest over channels, averaged
+    over 3x3 neighbours) exceeds `threshold`. Averaging first drops isolated pixels the generator
+    redraws slightly everywhere (its edits' leakage) and keeps the edited regions whole."""
+    change = (renders - render_source).abs().amax(1, keepdim=True)
+    change = torch.nn.functional.avg_pool2d(change, 3, stride=1, padding=1, count_include_pad=False)
+    return change > threshold

@@ -92,9 +92,15 @@ class DiffusionEditor:
         steps: int = 50,
         refine_steps: int | None = None,
         depth: float | None = None,
+        residual: str | None = None,
+        change_threshold: float | None = None,
     ) -> EditResult:
         """`depth`: the fraction of the DDIM chain the input is inverted through and decoded back
-        (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise)."""
+        (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
+        rendering-conditioned model, `residual` ("decode" or "shift") and `change_threshold` (a
+        number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
+        `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
+        if unset)."""
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(
@@ -121,8 +127,17 @@ class DiffusionEditor:
             render = lambda styles: self.render_styles(codes, styles)  # noqa: E731 - R(s) of each row
         if depth is None:
             depth = float(self.config.extra.get("diffusion_depth", 1.0))
+        extra = {}
+        if render is not None:
+            if residual is None:
+                residual = str(self.config.extra.get("diffusion_residual", "decode"))
+            if change_threshold is None:
+                change_threshold = self.config.extra.get("diffusion_change_threshold")
+            if change_threshold is not None and change_threshold < 0:
+                change_threshold = None
+            extra = {"residual": residual, "change_threshold": change_threshold}
         out = self.backbone.edit(
-            x0, codes.s, delta_s, strength=strength, steps=steps, render=render, depth=depth
+            x0, codes.s, delta_s, strength=strength, steps=steps, render=render, depth=depth, **extra
         )
         timings["diffusion"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0

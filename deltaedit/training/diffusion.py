@@ -297,11 +297,14 @@ def config_sample_size(config) -> int:
     raise InputError(f"unknown UNet config {config!r}: use toy, ffhq, tiny, a dict or a config.json file")
 
 
-def diffusion_loss(model, noise_scheduler, x0, s, noise, timesteps, render=None) -> torch.Tensor:
+def diffusion_loss(
+    model, noise_scheduler, x0, s, noise, timesteps, render=None, residual_scale: float = 1.0
+) -> torch.Tensor:
     """ε-prediction MSE at the given noise and timesteps. With `render` (R(s), for a model with
-    `render_channels`) the diffused data is the residual x0 − R(s), and R(s) conditions the UNet."""
+    `render_channels`) the diffused data is the residual residual_scale · (x0 − R(s)), and R(s)
+    conditions the UNet."""
     if render is not None:
-        x0 = x0 - render
+        x0 = (x0 - render) * residual_scale
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
     return F.mse_loss(model(noisy, timesteps, s, render).float(), noise.float())
 
@@ -355,6 +358,7 @@ def train_diffusion(
     num_workers: int = 0,
     init: StyleConditionedUNet | None = None,
     time_limit: float | None = None,
+    lr_schedule: str = "constant_with_warmup",
 ) -> Path:
     """Train (or continue training) a StyleConditionedUNet; returns `out_dir` (loadable weights).
 
@@ -366,6 +370,9 @@ def train_diffusion(
 
     `time_limit` (seconds): once a step ends past it, the run saves its checkpoint and raises
     `TrainingPaused`; `resume="latest"` continues from there.
+
+    `lr_schedule`: a diffusers schedule name ("constant_with_warmup", "cosine", "linear"); the
+    decaying ones reach zero at `steps`.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -392,6 +399,7 @@ def train_diffusion(
             f" have {first_style.shape[-1]}"
         )
     render_channels = int(model.config.render_channels)
+    residual_scale = float(getattr(model.config, "residual_scale", 1.0) or 1.0)
     split_batch(first, render_channels)  # a rendering-conditioned UNet needs renders in the data
     if first_image.shape[-1] != model.config.sample_size:
         raise InputError(
@@ -402,7 +410,9 @@ def train_diffusion(
 
     noise_scheduler = make_noise_scheduler()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-6)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
+    lr_scheduler = get_scheduler(
+        lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(steps, 1)
+    )
     ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
 
     step = 0
@@ -478,8 +488,8 @@ def train_diffusion(
                 render=render,
             )
         )
-        if render is not None:  # the model samples residuals: the image is R(s) + residual
-            samples = samples + render
+        if render is not None:  # the model samples (scaled) residuals: the image is R(s) + residual
+            samples = samples / residual_scale + render
         unwrapped.train()
         with atomic_write(out_dir / "samples" / f"step_{step:06d}.png") as tmp:
             image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(tmp)
@@ -519,7 +529,7 @@ def train_diffusion(
                     0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
                 )
                 with accelerator.autocast():
-                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t, render)
+                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t, render, residual_scale)
                 if not math.isfinite(loss.item()):
                     raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
                 accelerator.backward(loss)

@@ -1,0 +1,64 @@
+"""`eval`'s counterfactual PSNR: each edit against the true edited toy render, for the backbone, the
+no-UNet baseline R(s') + (x − R(s)) and DeltaEdit-G's R(s') (deltaedit/toy/evaluate.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deltaedit.toy.evaluate import EvalReport, counterfactual_psnrs, counterfactual_rows
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 1.2 - 0.6
+
+
+def test_baseline_row_is_the_edit_rendering_plus_the_inputs_residual():
+    x, render_source, render_edits = _images(1, 0), _images(1, 1), _images(3, 2)
+    edited = _images(3, 3)
+    rows = counterfactual_rows(x, render_source, render_edits, edited)
+    assert set(rows) == {"backbone", "baseline", "gan"}
+    torch.testing.assert_close(rows["baseline"], (render_edits + x - render_source).clamp(-1, 1))
+    torch.testing.assert_close(rows["gan"], render_edits)
+    torch.testing.assert_close(rows["backbone"], edited)
+
+
+def test_psnr_against_the_truth_is_exact_for_the_truth_and_known_for_an_offset():
+    truths = _images(2, 4)
+    x = torch.zeros(1, 3, 8, 8)
+    render_source = x - 0.2  # the input's residual x − R(s) is +0.2 everywhere
+    render_edits = truths - 0.2  # so the baseline R(s') + 0.2 is the truth, and G is 0.2 off
+    rows = counterfactual_rows(x, render_source, render_edits, truths)
+    scores = counterfactual_psnrs(rows, truths)
+    assert all(v > 150 for v in scores["backbone"])  # identical: mse clamped at 1e-20, ~206 dB
+    assert all(v > 100 for v in scores["baseline"])
+    # 0.2 off in [-1, 1]: mse 0.04, PSNR = 10 log10(2^2 / 0.04) = 20 dB.
+    assert scores["gan"] == pytest.approx([20.0, 20.0], abs=1e-4)
+
+
+def test_report_averages_every_edit_and_prints_one_line_per_prompt():
+    report = EvalReport()
+    for row, values in {"backbone": (30.0, 20.0), "baseline": (25.0, 23.0), "gan": (21.0, 19.0)}.items():
+        report.counterfactual[row]["face with smile"].append(values[0])
+        report.counterfactual[row]["chubby face"].append(values[1])
+    report.counterfactual["backbone"]["chubby face"].append(16.0)
+    for row in ("baseline", "gan"):
+        report.counterfactual[row]["chubby face"].append(10.0)
+    overall = report.counterfactual_psnr()
+    assert overall["backbone"] == pytest.approx((30 + 20 + 16) / 3)
+    assert overall["baseline"] == pytest.approx((25 + 23 + 10) / 3)
+    text = report.table().splitlines()
+    assert f"counterfactual_psnr (n 3): backbone={(30 + 20 + 16) / 3:.2f}  baseline=19.33  gan=16.67" in text
+    chubby = next(line for line in text if line.startswith("chubby face") and "18.00" in line)
+    assert chubby.split()[2:] == ["2", "18.00", "16.50", "14.50"]
+    # The last lines keep the format other tools parse.
+    assert text[-1].startswith("success=")
+
+
+def test_an_empty_report_prints_no_counterfactual_section():
+    report = EvalReport()
+    assert report.counterfactual_psnr() == {}
+    assert not any("counterfactual" in line for line in report.table().splitlines())
+    assert math.isfinite(report.overall()[0])
