@@ -129,5 +129,9 @@ def test_cli_edits_by_example_and_refuses_what_it_cannot_do(toy, tmp_path, capsy
     assert np.abs(edited - np.asarray(Image.fromarray(images[0]), dtype=np.int16)).mean() > 0.5
     assert cli.main(argv) != 0
     assert "--example A.png B.png" in capsys.readouterr().err
-    assert cli.main([*argv, "--backbone", "diffusion", "--reference", str(tmp_path / "b.png")]) != 0
-    assert "DeltaEdit-G" in capsys.readouterr().err
+    # DeltaEdit-D takes the same pictures (the same Δs, decoded by the diffusion model).
+    out_d = tmp_path / "out_d.png"
+    argv_d = [*argv[:-1], str(out_d), "--backbone", "diffusion", "--steps", "10"]
+    assert cli.main([*argv_d, "--example", str(tmp_path / "a.png"), str(tmp_path / "b.png")]) == 0
+    edited_d = np.asarray(Image.open(out_d).convert("RGB"), dtype=np.int16)
+    assert np.abs(edited_d - np.asarray(Image.fromarray(images[0]), dtype=np.int16)).mean() > 0.5

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--by-example",
         action="store_true",
-        help="edit each face by text and by an example pair A -> B of another face, side by side",
+        help="edit each face by text and by an example pair A -> B of another face, side by side (either backbone)",
     )
     p.add_argument(
         "--save",
@@ -49,8 +49,6 @@ def run(args) -> int:
         raise InputError(f"domain {args.domain!r} has no attribute classifier; eval supports --domain toy")
     if args.n < 1:
         raise InputError("--n must be at least 1")
-    if args.by_example and args.backbone != "gan":
-        raise InputError("--by-example runs on DeltaEdit-G for now: use --backbone gan")
     editor = load_editor(args.domain, backbone=args.backbone, device=args.device, weights_dir=args.weights_dir)
     classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir)).to(args.device)
     if args.by_example:

@@ -84,7 +84,7 @@ class DiffusionEditor:
         image=None,
         latents=None,
         codes: SourceCodes | None = None,
-        targets,
+        targets=None,
         source: str | None = None,
         strength: float | None = None,
         threshold: float | None = None,
@@ -94,18 +94,22 @@ class DiffusionEditor:
         depth: float | None = None,
         residual: str | None = None,
         change_threshold: float | None = None,
+        example=None,
+        reference=None,
     ) -> EditResult:
         """`depth`: the fraction of the DDIM chain the input is inverted through and decoded back
         (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
         rendering-conditioned model, `residual` ("decode" or "shift") and `change_threshold` (a
         number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
         `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
-        if unset)."""
+        if unset). `example=(A, B)` and `reference=R` are edits given by pictures, as
+        `GanEditor.edit` takes them."""
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(
-            targets, source, strength, threshold, backbone="diffusion"
-        )
+            targets, source, strength, threshold, backbone="diffusion",
+            by_example=example is not None or reference is not None,
+        )  # fmt: skip
         steps = check_whole_number("steps", steps, STEPS_RANGE)
         refine_steps = gan.resolve_refine_steps(refine_steps, backbone="diffusion")
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
@@ -113,7 +117,7 @@ class DiffusionEditor:
             codes.image = gan.render(codes)
         timings = {"encode": time.perf_counter() - t0}
         t = time.perf_counter()
-        delta_t, notices = gan.text_deltas(targets, source_text)
+        delta_t, targets, notices = gan.request_deltas(codes, targets, source_text, example, reference, align)
         delta_s = gan.style_deltas(codes, delta_t, threshold)
         # The same (optionally refined) Δs as DeltaEdit-G would apply.
         delta_s = gan.refined_style_deltas(
