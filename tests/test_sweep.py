@@ -93,7 +93,11 @@ def test_cli_writes_the_frames_and_a_looping_animation(editor, tmp_path):
     with Image.open(tmp_path / "sweep.gif") as gif:
         assert gif.n_frames == 8  # forward and back: 5 + 3
     assert np.abs(pixels(frames[-1].convert("RGB")) - pixels(frames[0].convert("RGB"))).mean() > 1.0
-    assert cli.main([*argv, "--sweep", "3", "--backbone", "diffusion", "--out", str(out)]) != 0
+    # DeltaEdit-D sweeps too: one inversion, the strengths decoded as rows of one DDIM pass.
+    out_d = tmp_path / "d.png"
+    assert cli.main([*argv, "--sweep", "3", "--backbone", "diffusion", "--steps", "10", "--out", str(out_d)]) == 0
+    d_frames = [pixels(Image.open(tmp_path / f"d_{i}.png").convert("RGB")) for i in range(3)]
+    assert np.abs(d_frames[2] - d_frames[0]).mean() > 1.0
 
 
 def test_animations_are_gif_or_webp_and_written_whole(tmp_path):
@@ -107,3 +111,20 @@ def test_animations_are_gif_or_webp_and_written_whole(tmp_path):
     with pytest.raises(InputError, match=".gif or .webp"):
         save_animation(frames, tmp_path / "a.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "a.webp"]  # no temp files left
+
+
+def test_a_diffusion_sweep_is_its_edit_at_each_strength():
+    from deltaedit.api import load_editor
+
+    try:
+        d = load_editor("toy", backbone="diffusion", device="cpu")
+    except Exception as exc:
+        pytest.skip(f"toy DeltaEdit-D weights unavailable: {exc}")
+    codes = d.gan.sample(3)
+    default = d.config.defaults_for("diffusion").strength
+    sweep = d.sweep(codes=codes, targets="face with eyeglasses\nface with bangs", count=3, steps=10)
+    assert sweep.strengths == pytest.approx([0.0, default, 2 * default]) and sweep.target == "face with eyeglasses"
+    edit = d.edit(codes=codes, targets="face with eyeglasses", steps=10)
+    assert np.abs(pixels(sweep.frames[0]) - pixels(edit.source_image)).max() <= 1
+    assert np.abs(pixels(sweep.frames[1]) - pixels(edit.edited_images[0])).max() <= 1
+    assert np.abs(pixels(sweep.frames[2]) - pixels(sweep.frames[0])).mean() > 1.0

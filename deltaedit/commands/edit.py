@@ -93,8 +93,6 @@ def run(args) -> int:
         raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     if not (args.target or args.example or args.reference):
         raise InputError("say what to change: --target TEXT, --example A.png B.png or --reference R.png")
-    if args.sweep is not None and args.backbone != "gan":
-        raise InputError("--sweep runs on DeltaEdit-G for now: use --backbone gan")
     # Read the input before loading about a gigabyte of models, so bad input fails in a second.
     pictures = {}
     if args.example:

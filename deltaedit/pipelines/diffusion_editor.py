@@ -22,7 +22,17 @@ from ..config import load_domain_config
 from ..errors import InputError
 from ..nn.stylespace import decode_s
 from .diffusion import DiffusionBackbone, inference_dtype
-from .gan import EditResult, GanEditor, SourceCodes, check_whole_number, make_result
+from .gan import (
+    STRENGTH_RANGE,
+    EditResult,
+    GanEditor,
+    SourceCodes,
+    SweepResult,
+    check_number,
+    check_whole_number,
+    make_result,
+    normalise_targets,
+)
 
 STEPS_RANGE = (1, 1000)
 
@@ -96,6 +106,7 @@ class DiffusionEditor:
         change_threshold: float | None = None,
         example=None,
         reference=None,
+        sweep: list[float] | None = None,
     ) -> EditResult:
         """`depth`: the fraction of the DDIM chain the input is inverted through and decoded back
         (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
@@ -103,7 +114,8 @@ class DiffusionEditor:
         number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
         `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
         if unset). `example=(A, B)` and `reference=R` are edits given by pictures, as
-        `GanEditor.edit` takes them."""
+        `GanEditor.edit` takes them. `sweep` (see `DiffusionEditor.sweep`): the first target at these
+        strengths instead, one row each."""
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(
@@ -124,6 +136,10 @@ class DiffusionEditor:
             codes, delta_t, delta_s, strength, refine_steps, backbone="diffusion"
         )
         timings["mapper"] = time.perf_counter() - t
+        if sweep is not None:  # one row per strength, all from the same inversion
+            alphas = torch.tensor(sweep, dtype=delta_s.dtype, device=delta_s.device).view(-1, 1)
+            delta_s, strength = alphas * delta_s[:1], 1.0
+            targets = [f"{targets[0]} (strength {a:g})" for a in sweep]
         t = time.perf_counter()
         x0 = self._input_image(codes)
         render = None
@@ -159,6 +175,27 @@ class DiffusionEditor:
             timings,
             input_tensor=x0,
         )
+
+    @torch.no_grad()
+    def sweep(self, count: int = 7, strengths=None, **request) -> SweepResult:
+        """The first target's edit at several strengths (default `count` evenly from 0 to twice the
+        strength the request resolves to) as rows of one DDIM pass: one inversion, one batched
+        decoding. The request's other arguments are `edit`'s."""
+        if strengths is None:
+            count = int(check_whole_number("count", count, (2, 64)))
+            strength = request.get("strength")
+            strength = self.config.defaults_for("diffusion").strength if strength is None else strength
+            strength = check_number("strength", strength, STRENGTH_RANGE)
+            strengths = torch.linspace(0.0, 2.0 * strength, count, dtype=torch.float64).tolist()
+        strengths = [check_number("strength", a, STRENGTH_RANGE) for a in strengths]
+        if not 1 <= len(strengths) <= 64:
+            raise InputError(f"a sweep takes 1 to 64 strengths, got {len(strengths)}")
+        targets = request.get("targets")
+        if targets is not None and not (isinstance(targets, str) and not targets.strip()):
+            request["targets"] = normalise_targets(targets)[:1]  # only the first target is swept
+        result = self.edit(**request, sweep=strengths)
+        target = result.targets[0].rsplit(" (strength ", 1)[0]
+        return SweepResult(list(result.edited_images), strengths, target, result.notices, dict(result.timings))
 
 
 @cache

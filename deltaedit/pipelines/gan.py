@@ -544,7 +544,7 @@ class GanEditor:
         plan = self.plan(**request)
         if strengths is None:
             count = int(check_whole_number("count", count, (2, 64)))
-            strengths = torch.linspace(0.0, 2.0 * plan.strength, count).tolist()
+            strengths = torch.linspace(0.0, 2.0 * plan.strength, count, dtype=torch.float64).tolist()
         strengths = [check_number("strength", a, STRENGTH_RANGE) for a in strengths]
         if not 1 <= len(strengths) <= 64:
             raise InputError(f"a sweep takes 1 to 64 strengths, got {len(strengths)}")
