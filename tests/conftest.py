@@ -80,3 +80,12 @@ def ffhq_examples(shared_dir) -> Path:
     if not (path / "wplus_img_feat.npy").is_file():
         pytest.skip("ffhq_examples data is absent")
     return path
+
+
+@pytest.fixture
+def uploads(tmp_path):
+    """A stand-in for Gradio's upload folder holding one uploaded file, abc123/face.png."""
+    folder = tmp_path / "gradio"
+    (folder / "abc123").mkdir(parents=True)
+    (folder / "abc123" / "face.png").write_bytes(b"png")
+    return folder

@@ -26,14 +26,6 @@ from deltaedit.request_guard import (
 from deltaedit.upload_guard import REFUSED_MESSAGE
 
 
-@pytest.fixture
-def uploads(tmp_path):
-    folder = tmp_path / "gradio"
-    (folder / "abc123").mkdir(parents=True)
-    (folder / "abc123" / "face.png").write_bytes(b"png")
-    return folder
-
-
 class RecordingApp:
     """Stands for Gradio: records each body it reads; `gate` (when set) holds every call open."""
 

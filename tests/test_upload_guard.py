@@ -7,17 +7,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from deltaedit.upload_guard import is_uploaded_file, refused_paths
-
-
-@pytest.fixture
-def uploads(tmp_path):
-    folder = tmp_path / "gradio"
-    (folder / "abc123").mkdir(parents=True)
-    (folder / "abc123" / "face.png").write_bytes(b"png")
-    return folder
 
 
 def test_only_regular_files_inside_the_upload_folder_count(uploads, tmp_path):

@@ -60,6 +60,17 @@ class PromptScore:
         return self.success / n, self.preservation / n, self.similarity / n
 
 
+def pooled_means(scores: dict[str, PromptScore]) -> tuple[float, float, float]:
+    """(success, preservation, similarity) over every edit of every prompt (not a mean of prompts)."""
+    total = PromptScore()
+    for s in scores.values():
+        total.n += s.n
+        total.success += s.success
+        total.preservation += s.preservation
+        total.similarity += s.similarity
+    return total.means()
+
+
 @dataclass
 class EvalReport:
     standard: dict[str, PromptScore] = field(default_factory=lambda: defaultdict(PromptScore))
@@ -99,13 +110,7 @@ class EvalReport:
         return lines
 
     def overall(self) -> tuple[float, float, float]:
-        total = PromptScore()
-        for s in self.standard.values():
-            total.n += s.n
-            total.success += s.success
-            total.preservation += s.preservation
-            total.similarity += s.similarity
-        return total.means()
+        return pooled_means(self.standard)
 
     def table(self) -> str:
         lines = []

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .attributes import prompt_targets, standard_prompts
 from .classifier import predict
-from .evaluate import PromptScore, _score
+from .evaluate import PromptScore, _score, pooled_means
 from .render import render_batch, render_many
 
 PARTNER_SEED_OFFSET = 7919  # the example faces come from another seed than the evaluated ones
@@ -38,13 +38,7 @@ class ExampleReport:
 
     @staticmethod
     def overall(scores: dict[str, PromptScore]) -> tuple[float, float, float]:
-        total = PromptScore()
-        for s in scores.values():
-            total.n += s.n
-            total.success += s.success
-            total.preservation += s.preservation
-            total.similarity += s.similarity
-        return total.means()
+        return pooled_means(scores)
 
     def table(self) -> str:
         lines = [f"{'prompt':28s} {'n':>4s} {'text success':>13s} {'preserve':>9s} {'example success':>16s} {'preserve':>9s}"]
