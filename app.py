@@ -405,7 +405,7 @@ between their captions. That shared space of differences is **DeltaSpace**.
 1. Training (text-free): for two generated images with style codes s1, s2 and CLIP image features
    i1, i2, a *Delta Mapper* learns to predict Δs = s2 − s1 from s1, i1 and the image difference i2 − i1.
 2. Editing: the image difference is replaced by a text difference
-   Δt = CLIP("face with smile") − CLIP("face"); the mapper turns it into Δs, channels unrelated to
+   Δt = CLIP("face with a smile") − CLIP("face"); the mapper turns it into Δs, channels unrelated to
    the prompt are zeroed (the *disentanglement threshold*), and s + strength·Δs is decoded.
 3. Decoders: **DeltaEdit-G** decodes with StyleGAN2; **DeltaEdit-D** with a diffusion model
    conditioned on the same style code (DDIM inversion, then sampling under s + Δs).
@@ -459,7 +459,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DeltaEdit", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# DeltaEdit: text-guided image editing in DeltaSpace\n"
-            f"Describe the change (“face with smile”) and DeltaEdit edits the face: no per-prompt"
+            f"Describe the change (“face with a smile”) and DeltaEdit edits the face: no per-prompt"
             f" training. [Paper]({PAPER}) · the **How it works** section is at the bottom."
         )
         with gr.Row():
@@ -509,7 +509,7 @@ def build_demo() -> gr.Blocks:
                 target = gr.Textbox(
                     label="Target text",
                     info="One per line for several edits.",
-                    placeholder="face with smile",
+                    placeholder="face with a smile",
                     lines=2,
                     elem_id="target-text",
                 )

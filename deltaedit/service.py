@@ -108,7 +108,7 @@ def defaults_note(domain: str) -> str:
 # with the toy attribute classifier); `python scripts/make_toy_examples.py` writes the pictures.
 EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
     "gan": [
-        ("toy_black_hair.png", "face", "face with smile"),
+        ("toy_black_hair.png", "face", "face with a smile"),
         ("toy_black_hair.png", "face with black hair", "face with blond hair"),
         ("toy_brown_hair.png", "face", "face with eyeglasses"),
         ("toy_glasses.png", "face", "face with bangs\nface with red hair\nface with tanned skin"),

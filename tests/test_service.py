@@ -366,3 +366,22 @@ def test_page_messages_name_the_folder_the_app_reads_not_a_command_line_option()
     assert "--weights-dir" not in page
     assert "set DELTAEDIT_WEIGHTS_DIR=DIR" in page and "`python -m deltaedit download --domain ffhq`" in page
     assert "deltaedit-d-ffhq/ in the DELTAEDIT_WEIGHTS_DIR folder" in page
+
+
+def test_one_vocabulary_in_the_readme_the_page_and_the_configs():
+    """Prompts the README, the page's placeholder and the configs suggest are spelled as the toy
+    model's known phrases (the chips): "face with a smile", never "face with smile" in one place."""
+    import re
+
+    from deltaedit.config import load_domain_config
+
+    repo = service.REPO_ROOT
+    phrases = set(service.known_phrases("toy"))
+    quoted = re.findall(r"[\"“]((?:face with|chubby|thin)[^\"”]*)[\"”]", (repo / "README.md").read_text())
+    quoted += re.findall(r'placeholder="((?:face with)[^"]*)"', (repo / "app.py").read_text())
+    quoted += [p for domain in ("toy", "ffhq") for p in load_domain_config(domain).example_prompts]
+    quoted += [t for kind in service.EXAMPLES.values() for _, src, tgt in kind for t in (src, *tgt.splitlines())]
+    assert quoted
+    for prompt in quoted:
+        # A phrase the toy model knows in another spelling would be a second vocabulary.
+        assert prompt in phrases or prompt == "face" or not vocabulary.is_known("toy", prompt), prompt

@@ -116,7 +116,7 @@ def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
         raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(targets)} lines")
     cleaned = [t.strip() for t in targets if t is not None and t.strip()]
     if not cleaned:
-        raise InputError("the target text is empty: describe the edit, e.g. 'face with smile'")
+        raise InputError("the target text is empty: describe the edit, e.g. 'face with a smile'")
     if len(cleaned) > MAX_TARGETS:
         raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(cleaned)}")
     for number, target in enumerate(cleaned, 1):
