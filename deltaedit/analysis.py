@@ -35,6 +35,43 @@ _EXACT_TSNE_POINTS = 200
 # ---------------------------------------------------------------- validation and loading
 
 
+def clip_features(clip, images, captions: list[str], image_size: int, batch_size: int):
+    """Image features of `images` (a callable `images(start, stop)` giving a batch) and text features
+    of the captions, through a `DomainClip`: ([N, D], [N, D]) float arrays."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n = len(captions)
+    image_feats = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc="image features", unit="batch"):
+            batch = images(start, min(n, start + batch_size))
+            image_feats.append(clip.image_features(batch, image_size).float().cpu())
+        text_feats = [
+            clip.embed_text(c).float().cpu() for c in tqdm(captions, desc="text features", unit="caption")
+        ]
+    return torch.cat(image_feats).numpy(), torch.stack(text_feats).numpy()
+
+
+def toy_features(count: int, render_seed: int = 0, device: str = "cpu", weights_dir=None, batch_size: int = 64):
+    """`count` rendered toy faces and their captions through the toy CLIP: (image, text) features."""
+    try:
+        from .models import load_clip
+        from .toy.attributes import captions
+        from .toy.render import render_batch
+    except ImportError as exc:
+        raise InputError(
+            f"the toy domain is not available in this install ({exc}); pass --image-features and"
+            " --text-features, or --images and --captions"
+        ) from exc
+    if count < MIN_PAIRS:
+        raise InputError(f"--count must be at least {MIN_PAIRS}")
+    clip = load_clip("toy", device, weights_dir)
+    images, attrs = render_batch(count, render_seed, as_tensor=True)
+    texts = captions(attrs, render_seed)
+    return clip_features(clip, lambda a, b: images[a:b], texts, images.shape[-1], batch_size)
+
+
 def check_features(name: str, array) -> np.ndarray:
     """Return `array` as float64 [n, d], or raise InputError saying what is wrong with it."""
     array = np.asarray(array)

@@ -4,8 +4,9 @@ One anonymous visitor must not be able to stall, fill or bypass a public Space (
 issue 25). `RequestGuard` is an ASGI middleware that enforces, per request and before any of
 Gradio's own parsing, copying or decoding:
 
-- **one door**: the direct `/run/NAME` and `/api/NAME` routes (which skip the queue) are closed;
-  every call joins the bounded queue;
+- **one door**: the direct `/run/NAME` and `/api/NAME` routes (which skip the queue) are closed to
+  every queued event; every call of one joins the bounded queue (the page's few unqueued events,
+  such as loading an example's values, still use `/run/predict`);
 - **no fetching**: `/file=http(s)://...` (Gradio would fetch the URL for the caller) is refused;
 - **bounded bodies**: a JSON body over `Limits.max_json_bytes` is refused from its Content-Length,
   unread; nesting deeper than `Limits.max_depth` gets 400 (the walk is iterative, so it never
@@ -60,6 +61,10 @@ class Endpoints(Protocol):
 
     def is_job(self, route: str, name: str, payload) -> bool:
         """Whether this call starts work that counts against the caller's queued jobs."""
+
+    def skips_queue(self, route: str, name: str, payload) -> bool:
+        """Whether a direct /run or /api call would run a queued event outside the queue (the page
+        itself calls its few unqueued events, e.g. loading an example's values, that way)."""
 
     def queued_jobs(self, client: str, client_of) -> int:
         """How many counted jobs of `client` are waiting or running (`client_of(scope) -> str`)."""
@@ -171,7 +176,7 @@ class RequestGuard:
         if refused_paths(payload, self.upload_dir):
             raise Refusal(400, REFUSED_MESSAGE)
         route, name = _call_of(path, payload)
-        if route in ("run", "api"):
+        if route in ("run", "api") and (self.endpoints is None or self.endpoints.skips_queue(route, name, payload)):
             raise Refusal(403, CLOSED_ROUTE)
         if route is None or self.endpoints is None:
             return await self.app(scope, _replay(messages, receive), send)
@@ -343,6 +348,12 @@ class BlocksEndpoints:
     def is_job(self, route, name, payload) -> bool:
         fn = self._fn(route, name)
         return fn is not None and fn.name in self.jobs
+
+    def skips_queue(self, route, name, payload) -> bool:
+        # Gradio's /run/NAME takes the event from `fn_index` when the body has one, else from NAME.
+        fn_index = payload.get("fn_index") if isinstance(payload, dict) else None
+        fn = self._fn("join", str(fn_index)) if fn_index is not None else self._fn(route, name)
+        return fn is None or bool(fn.queue)
 
     def queued_jobs(self, client: str, client_of) -> int:
         queue = getattr(self.blocks, "_queue", None)

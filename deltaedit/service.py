@@ -20,7 +20,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -603,10 +602,8 @@ def _load_cached_report() -> dict | None:
 
 def _compute_report(count: int, tsne_iter: int) -> dict:
     from . import analysis
-    from .commands.analyze import features_from_toy
 
-    args = SimpleNamespace(count=count, render_seed=0, device=DEVICE, weights_dir=None, batch_size=64)
-    image, text = features_from_toy(args)
+    image, text = analysis.toy_features(count, render_seed=0, device=DEVICE)
     report = analysis.alignment_report(image, text, seed=0)
     delta = analysis.pair_deltas(image, text, seed=0)
     out = OUTPUTS.path / "deltaspace"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -248,7 +248,9 @@ def test_missing_landmark_model_is_a_weights_error(tmp_path):
 
 
 def _landmark_file() -> Path | None:
-    for folder in (os.environ.get("DELTAEDIT_WEIGHTS_DIR"), os.environ.get("DELTAEDIT_CACHE")):
+    # The caller's folders, which conftest keeps out of the library's environment.
+    caller = conftest.CALLER_ENVIRONMENT
+    for folder in (caller.get("DELTAEDIT_WEIGHTS_DIR"), caller.get("DELTAEDIT_CACHE")):
         if folder and (Path(folder) / "shape_predictor_68_face_landmarks.dat").is_file():
             return Path(folder) / "shape_predictor_68_face_landmarks.dat"
     return None

@@ -295,6 +295,14 @@ def test_images_and_captions_path(tmp_path, fake_clip):
     saved = np.load(out / "text_features.npy")
     np.testing.assert_allclose(saved[4], fake_clip.embed_text("face number 4").numpy(), rtol=1e-6)
     assert json.loads((out / "report.json").read_text())["n"] == 7
+    # Row k of both files belongs to picture k and its caption, across the batches.
+    from deltaedit.imageio import load_image, to_tensor
+
+    pictures = torch.cat([to_tensor(load_image(tmp_path / "pics" / f"p{k}.png"), 64) for k in range(7)])
+    expected_image = FakeClip().image_features(pictures, 64).numpy()
+    np.testing.assert_allclose(np.load(out / "image_features.npy"), expected_image, rtol=1e-5, atol=1e-6)
+    expected_text = np.stack([fake_clip.embed_text(f"face number {k}").numpy() for k in range(7)])
+    np.testing.assert_allclose(saved, expected_text, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -340,6 +348,24 @@ def test_toy_render_path(tmp_path, fake_clip):
     assert fake_clip.image_sizes[0] == ((8, 3, 64, 64), 64)
     assert np.load(out / "image_features.npy").shape == (8, 6)
     assert json.loads((out / "report.json").read_text())["n"] == 8
+    _assert_toy_features(out, FakeClip(), count=8)
+
+
+def _assert_toy_features(out, clip, count, seed=0):
+    """The saved features are `clip`'s of the faces `render_batch(count, seed)` draws and of the
+    captions of those same faces, row for row."""
+    from deltaedit.toy.attributes import captions
+    from deltaedit.toy.render import render_batch
+
+    images, attrs = render_batch(count, seed, as_tensor=True)
+    with torch.inference_mode():
+        expected_image = clip.image_features(images, images.shape[-1]).float().numpy()
+        expected_text = torch.stack([clip.embed_text(c).float() for c in captions(attrs, seed)]).numpy()
+    np.testing.assert_allclose(np.load(out / "image_features.npy"), expected_image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "text_features.npy"), expected_text, rtol=1e-4, atol=1e-5)
+    # Different faces and captions give different rows: not one row repeated, not a constant.
+    assert len(np.unique(expected_image.round(4), axis=0)) > 1
+    assert len(np.unique(expected_text.round(4), axis=0)) > 1
 
 
 def test_toy_path_with_real_domain_clip(tmp_path, monkeypatch):
@@ -353,9 +379,11 @@ def test_toy_path_with_real_domain_clip(tmp_path, monkeypatch):
     clip = clip_mod.DomainClip(model, tokenizer, config)
     monkeypatch.setattr("deltaedit.models.load_clip", lambda domain, device="cpu", weights_dir=None: clip)
     out = tmp_path / "toy"
-    argv = ["analyze", "--domain", "toy", "--count", "6", "--out", str(out), "--no-plots"]
+    argv = ["analyze", "--domain", "toy", "--count", "6", "--batch-size", "4"]  # two batches
+    argv += ["--out", str(out), "--no-plots"]
     assert cli.main(argv) == 0
     dim = config.clip.embed_dim
     assert np.load(out / "image_features.npy").shape == (6, dim)
     assert np.load(out / "text_features.npy").shape == (6, dim)
     assert json.loads((out / "report.json").read_text())["dim"] == dim
+    _assert_toy_features(out, clip, count=6)

@@ -204,3 +204,63 @@ def test_each_backbone_refines_at_its_own_configured_rate(monkeypatch):
     editor.refined_style_deltas(codes, delta_t, delta_s, 0.85, 2)
     editor.refined_style_deltas(codes, delta_t, delta_s, 0.85, 2, backbone="diffusion")
     assert seen == [0.5, 0.25]
+
+
+@pytest.fixture(scope="module")
+def correlated_world():
+    """Like `world`, but the attributes go together: 85 % of the blond-haired faces wear glasses,
+    15 % of the others do. A split along the glasses direction then also separates hair values, so
+    its subspace overlaps the hair subspace found before it."""
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(D, D, generator=g))
+    hair, glasses, text_only = basis[:, :4].T, basis[:, 4:6].T, basis[:, 9]
+    base = 2.0 * basis[:, 10]
+
+    def features(h, e):
+        x = base + hair[h] + glasses[e]
+        return _unit(x + 0.005 * torch.randn(x.shape, generator=g))
+
+    n = 3000
+    h = torch.randint(0, HAIR, (n,), generator=g)
+    e = (torch.rand(n, generator=g) < torch.where(h == 1, 0.85, 0.15)).long()
+    bank = FeatureBank(features(h, e))
+    return dict(bank=bank, features=features, hair=hair, glasses=glasses, text_only=text_only)
+
+
+@pytest.mark.parametrize(("target_hair", "source_hair"), [(2, 0), (3, 0), (0, 2)])
+def test_two_correlated_attributes_are_swapped_once_each(correlated_world, target_hair, source_hair):
+    w = correlated_world
+    image = w["features"](torch.tensor([source_hair]), torch.tensor([0]))
+    text = w["hair"][target_hair] - w["hair"].mean(0) + w["glasses"][1] - w["glasses"].mean(0)
+    text = text + 0.8 * w["text_only"]
+    found = w["bank"].attributes(text)
+    assert len(found) == 2  # hair, then glasses: no third split on a doubly counted leftover
+    # Each new subspace is orthogonal to the ones found before it ...
+    (t1, h1), (t2, h2) = found
+    assert float((h1.T @ h2).abs().max()) < 1e-4
+    # ... so the grounded delta, read in each subspace, is that attribute's own swap and no more.
+    grounded = w["bank"].ground(text[None], image)[0]
+    for target, h in found:
+        torch.testing.assert_close(h.T @ grounded, h.T @ (target - image[0]), atol=1e-5, rtol=1e-4)
+    true = w["features"](torch.tensor([target_hair]), torch.tensor([1]))[0] - image[0]
+    assert _cos(grounded, true) > 0.92
+    for swap in (w["hair"][target_hair] - w["hair"][source_hair], w["glasses"][1] - w["glasses"][0]):
+        assert 0.3 * float(true @ swap) < float(grounded @ swap) < 1.1 * float(true @ swap)
+
+
+def test_shipped_toy_bank_keeps_the_subspaces_of_a_two_attribute_prompt_apart():
+    """On the shipped bank the toy attributes are not independent, and the second split of these
+    prompts overlaps the first unless it is orthogonalised (issue 31)."""
+    from deltaedit.api import load_editor
+    from deltaedit.toy.attributes import TWO_ATTRIBUTE_PROMPTS
+
+    editor = load_editor("toy", backbone="gan")
+    prompts = ["face with red hair and eyeglasses", "face with blond hair and a smile"]
+    assert set(prompts) <= set(TWO_ATTRIBUTE_PROMPTS)
+    delta_t, _ = editor.text_deltas(prompts, "face")
+    for prompt, found in zip(prompts, editor.feature_bank.attributes_of_rows(delta_t.cpu())):
+        assert len(found) >= 2, prompt
+        spans = [h for _, h in found]
+        for k, later in enumerate(spans):
+            for earlier in spans[:k]:
+                assert float((earlier.T @ later).abs().max()) < 1e-4, prompt

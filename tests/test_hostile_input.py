@@ -23,6 +23,7 @@ import torch
 from app_server import REPO, TOY_FILES, app_url, shared_server  # noqa: F401 - the session's server fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from deltaedit import cli, reliability, service, weights
 from deltaedit.errors import DeltaEditError, InputError, WeightsError
@@ -129,6 +130,25 @@ def test_a_real_upload_still_works_on_every_endpoint(api, api_name, extra):
         **reliability.EDIT, image=handle_file(photo), target="face with smile", api_name=api_name, **extra
     )
     assert "DeltaEdit" in str(answer[-1])  # the summary of a finished edit
+
+    def pixels(path):
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+    uploaded = pixels(photo)
+    if api_name == "/compare":
+        shown, edits = pixels(answer[0]), [pixels(answer[1]), pixels(answer[2])]
+        assert np.array_equal(shown, uploaded)  # Compare shows the photo it was given
+    else:
+        (before, after), gallery = answer[0], answer[1]
+        shown, edits = pixels(before), [pixels(after)]
+        assert np.array_equal(pixels(gallery[0]["image"]), edits[0])  # the gallery holds the same edit
+        # The model's reconstruction of *this* photo, not of the seed's sample: far closer to the upload.
+        sample = pixels(client.predict(domain="toy", seed=0, api_name="/sample"))
+        assert np.abs(shown - uploaded).mean() < 0.5 * np.abs(sample - uploaded).mean()
+    for edit in edits:
+        assert edit.shape == uploaded.shape
+        assert np.abs(edit - shown).mean() > 0.5, "the edit left the picture unchanged"
 
 
 def test_uploads_over_the_size_limit_are_refused_and_not_kept(app_url):  # noqa: F811

@@ -149,14 +149,43 @@ def test_16_bit_greyscale_keeps_its_tones():
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
+# Ink of six 16-px wide CMYK stripes: cyan, magenta, yellow, none (white), black, orange.
+_CMYK_STRIPES = [
+    (255, 0, 0, 0),
+    (0, 255, 0, 0),
+    (0, 0, 255, 0),
+    (0, 0, 0, 0),
+    (0, 0, 0, 255),
+    (0, 128, 255, 0),
+]
+
+
+def _patterned(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """A non-uniform image in `mode` and the RGB pixels [H, W, 3] it shows, worked out by hand."""
+    if mode == "L":
+        grey = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)  # every grey level 0..255
+        return Image.fromarray(grey, "L"), np.repeat(grey[..., None], 3, axis=2)
+    if mode == "1":
+        on = (np.indices((12, 12)).sum(axis=0) // 3) % 2 == 1  # diagonal stripes
+        img = Image.fromarray(np.where(on, 255, 0).astype(np.uint8), "L").convert("1")
+        return img, np.repeat(np.where(on, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    ink = np.repeat(np.asarray(_CMYK_STRIPES, dtype=np.float64), 16, axis=0)[None].repeat(16, axis=0)
+    white = 255.0 - ink[..., :3]  # each of C, M, Y takes away its complement, K darkens all three
+    rgb = white * (255.0 - ink[..., 3:]) / 255.0
+    return Image.fromarray(ink.astype(np.uint8), "CMYK"), np.rint(rgb).astype(np.uint8)
+
+
 @pytest.mark.parametrize("mode", ["L", "1", "CMYK"])
 def test_other_modes_become_rgb(mode):
-    img = Image.new(mode, (3, 3))
+    img, expected = _patterned(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     buf = io.BytesIO()
-    img.save(buf, format=fmt)
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     out = load_image(buf.getvalue())
-    assert out.mode == "RGB" and out.size == (3, 3)
+    assert out.mode == "RGB" and out.size == img.size
+    # The colours survive the conversion: exactly for the lossless PNGs, within JPEG's loss for CMYK.
+    tolerance = 12 if fmt == "JPEG" else 0
+    np.testing.assert_allclose(np.asarray(out, dtype=np.int16), expected.astype(np.int16), atol=tolerance)
 
 
 def test_animated_gif_gives_first_frame():

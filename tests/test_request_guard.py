@@ -124,6 +124,13 @@ def test_the_direct_routes_that_skip_the_queue_are_closed(uploads, path):
         assert call(RequestGuard(app, uploads), path=open_path, body=data_body("toy"))[0] == 200
 
 
+def test_unqueued_page_events_may_still_use_the_direct_route(uploads):
+    app = RecordingApp()
+    guard = RequestGuard(app, uploads, endpoints=FakeEndpoints())
+    assert call(guard, path="/gradio_api/run/predict", body=data_body(1))[0] == 200
+    assert call(guard, path="/gradio_api/run/edit_gan", body=data_body("toy", None, "x"))[0] == 403
+
+
 @pytest.mark.parametrize("url", ["http://example.com/a.png", "https://127.0.0.1/x", "HTTPS://a.b/c", "data:,x"])
 def test_the_file_route_never_fetches_a_url(uploads, url):
     app = RecordingApp()
@@ -227,6 +234,9 @@ class FakeEndpoints:
     def queued_jobs(self, client, client_of):
         return self.queued.get(client, 0)
 
+    def skips_queue(self, route, name, payload):
+        return name != "predict"  # /run/predict stands for the page's unqueued events here
+
 
 def test_a_call_with_the_wrong_number_of_values_names_the_parameters(uploads):
     app = RecordingApp()
@@ -293,7 +303,8 @@ def test_blocks_endpoints_reads_the_apps_events_and_queue():
     gan = SimpleNamespace(fn=edit_gan, name="edit_gan", api_name="edit_gan", inputs=[block() for _ in range(8)])
     cmp_inputs = [block() for _ in range(9)] + [block(skip=True)]  # the page's State
     cmp = SimpleNamespace(fn=compare, name="compare", api_name="compare", inputs=cmp_inputs)
-    tab = SimpleNamespace(fn=lambda: None, name="<lambda>", api_name=None, inputs=[])
+    tab = SimpleNamespace(fn=lambda: None, name="<lambda>", api_name=None, inputs=[], queue=False)
+    gan.queue = cmp.queue = True
 
     def event(fn, host):
         return SimpleNamespace(fn=fn, request=SimpleNamespace(scope={"client": (host, 1), "headers": []}))
@@ -310,6 +321,10 @@ def test_blocks_endpoints_reads_the_apps_events_and_queue():
     assert not endpoints.is_job("join", "2", None) and not endpoints.is_job("join", "x", None)
     assert endpoints.queued_jobs("1.1.1.1", client_address) == 2  # the tab event does not count
     assert endpoints.queued_jobs("2.2.2.2", client_address) == 1
+    # The direct route is closed to queued events, by name or by the fn_index in the body.
+    assert endpoints.skips_queue("run", "edit_gan", {}) and endpoints.skips_queue("run", "predict", {"fn_index": 1})
+    assert not endpoints.skips_queue("run", "predict", {"fn_index": 2})
+    assert endpoints.skips_queue("run", "predict", {"fn_index": 99}) and endpoints.skips_queue("api", "nothing", {})
 
 
 def test_sizes_are_read_as_gradio_writes_them():

@@ -243,6 +243,136 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch)
     assert any(
         line.startswith("face with eyeglasses") or line.startswith("face with blond hair") for line in out
     )
+    # The numbers agree with each other and with the faces: every standard prompt is scored on each
+    # face that lacks what it asks for, and the summary is the n-weighted mean of those rows.
+    from deltaedit.toy.attributes import prompt_targets, standard_prompts
+    from deltaedit.toy.render import render_batch
+
+    _, attrs = render_batch(2, 7)
+    truths = [a.labels() for a in attrs]
+    start = out.index("standard prompts (source 'face')") + 2  # after the title and the column names
+    standard = out[start : out.index("", start)]  # up to the blank line before the next block
+    rows = {}
+    for line in standard:
+        prompt, n, success, preserve, _similar = line.rsplit(maxsplit=4)
+        rows[prompt.strip()] = (int(n), float(success), float(preserve))
+    expected_n = {
+        prompt: sum(any(t[a] != v for a, v in prompt_targets(prompt).items()) for t in truths)
+        for prompt in standard_prompts()
+    }
+    assert {p: r[0] for p, r in rows.items()} == {p: n for p, n in expected_n.items() if n}
+    total = sum(n for n, _, _ in rows.values())
+    (summary,) = [line for line in out if line.startswith("overall (standard prompts)")]
+    overall = re.fullmatch(
+        r"overall \(standard prompts\): success (\S+)  preservation (\S+)  similarity \S+", summary
+    )
+    assert overall, summary
+    assert out[-1] == f"success={overall[1]} preservation={overall[2]}"
+    for column, value in ((1, overall[1]), (2, overall[2])):
+        weighted = sum(r[0] * r[column] for r in rows.values()) / total
+        assert abs(weighted - float(value)) <= 0.006, (column, weighted, value)
+
+
+def test_eval_scorer_needs_the_asked_values_and_every_other_attribute_unchanged():
+    """`_score` on hand-made classifier readings: success needs every asked value, preservation
+    every attribute that was not asked for (not just some of them)."""
+    from collections import defaultdict
+
+    from deltaedit.toy.attributes import FaceAttributes
+    from deltaedit.toy.evaluate import PromptScore, _score
+
+    source = FaceAttributes(hair_color="black", eyeglasses="no", smile="no").labels()
+    assert len(source) >= 3
+
+    def reading(**changes):
+        return {**source, **changes}
+
+    blond, red_glasses = {"hair_color": "blond"}, {"hair_color": "red", "eyeglasses": "yes"}
+    cases = [
+        # (asked, edit read by the classifier, success, preserved)
+        (blond, reading(hair_color="blond"), True, True),
+        (blond, reading(hair_color="blond", eyeglasses="yes"), True, False),  # one other attribute moved
+        (blond, {a: "?" for a in source} | {"hair_color": "blond"}, True, False),  # all others moved
+        (blond, reading(), False, True),  # nothing happened
+        (blond, reading(hair_color="red", smile="yes"), False, False),
+        (red_glasses, reading(hair_color="red", eyeglasses="yes"), True, True),
+        (red_glasses, reading(hair_color="red"), False, True),  # half of what was asked
+        (red_glasses, reading(eyeglasses="yes", smile="yes"), False, False),
+    ]
+    for asked, edit, success, preserved in cases:
+        scores = defaultdict(PromptScore)
+        _score(scores, "prompt", asked, source, edit, 0.75)
+        assert list(scores) == ["prompt"]
+        assert scores["prompt"].means() == (float(success), float(preserved), 0.75), (asked, edit)
+    # Scores of one prompt add up over faces.
+    scores = defaultdict(PromptScore)
+    for asked, edit, _, _ in cases[:4]:
+        _score(scores, "face with blond hair", asked, source, edit, 0.5)
+    assert scores["face with blond hair"].n == 4
+    assert scores["face with blond hair"].means() == (0.75, 0.5, 0.5)
+
+
+def test_evaluate_scores_what_the_classifier_reads_in_each_edit(monkeypatch):
+    """`evaluate` end to end with a stand-in editor and classifier: every edit reaches what it asks
+    for, but "face with eyeglasses" also flips the smile. Its rows, and only its rows, lose
+    preservation; the counts follow the faces; similarity follows the pixels."""
+    from types import SimpleNamespace
+
+    from deltaedit.toy import evaluate as ev
+    from deltaedit.toy.attributes import (
+        SOURCE_TARGET_PAIRS,
+        TWO_ATTRIBUTE_PROMPTS,
+        prompt_targets,
+        standard_prompts,
+    )
+    from deltaedit.toy.render import render_batch
+
+    n, seed, flipper = 4, 11, "face with eyeglasses"
+    images, attrs = render_batch(n, seed)
+    truths = [a.labels() for a in attrs]
+    by_pixels = {image.tobytes(): labels for image, labels in zip(images, truths)}
+    readings = {}  # id(tensor) -> what the stand-in classifier reads in each of its rows
+
+    def edit(image, align, targets, source):
+        labels = by_pixels[np.asarray(image).tobytes()]
+        reconstruction = torch.zeros(1, 3, 4, 4)
+        edited = torch.full((len(targets), 3, 4, 4), 0.2)  # mean |edit - source| 0.2: similarity 0.9
+        readings[id(reconstruction)] = [dict(labels)]
+        readings[id(edited)] = []
+        for target in targets:
+            read = {**labels, **prompt_targets(target)}
+            if target == flipper:
+                read["smile"] = "no" if labels["smile"] == "yes" else "yes"
+            readings[id(edited)].append(read)
+        return SimpleNamespace(source_tensor=reconstruction, edited_tensor=edited, input_tensor=None)
+
+    monkeypatch.setattr(ev, "predict", lambda classifier, x: readings[id(x)])
+    report = ev.evaluate(SimpleNamespace(edit=edit), classifier=None, n=n, seed=seed, progress=False)
+
+    def lacking(prompt, every=False):
+        wanted = prompt_targets(prompt).items()
+        return sum((all if every else any)(t[a] != v for a, v in wanted) for t in truths)
+
+    expected_n = {p: lacking(p) for p in standard_prompts() if lacking(p)}
+    assert expected_n.get(flipper, 0) >= 1  # the seed gives the flipping prompt something to do
+    assert {p: s.n for p, s in report.standard.items()} == expected_n
+    for prompt, score in report.standard.items():
+        success, preservation, similarity = score.means()
+        assert success == 1.0 and preservation == (0.0 if prompt == flipper else 1.0), prompt
+        assert similarity == pytest.approx(0.9)
+    assert {p: s.n for p, s in report.two_attribute.items()} == {
+        p: lacking(p, every=True) for p in TWO_ATTRIBUTE_PROMPTS if lacking(p, every=True)
+    }
+    pairs = {
+        f"{a} -> {b}": sum(all(t[k] == v for k, v in prompt_targets(a).items()) for t in truths)
+        for a, b in SOURCE_TARGET_PAIRS
+    }
+    assert {p: s.n for p, s in report.source_pairs.items()} == {p: k for p, k in pairs.items() if k}
+    for score in (*report.two_attribute.values(), *report.source_pairs.values()):
+        assert score.means() == pytest.approx((1.0, 1.0, 0.9))
+    total = sum(expected_n.values())
+    assert report.overall() == pytest.approx((1.0, 1.0 - expected_n[flipper] / total, 0.9))
+    assert report.reconstruction_psnr is None and report.gan_reconstruction_psnr is None
 
 
 def test_eval_refuses_a_domain_without_a_classifier(capsys):

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import hashlib
 import http.server
+import os
 import threading
 import time
 from pathlib import Path
@@ -164,6 +165,21 @@ def test_hash_verified_once_and_mismatch_names_file(tmp_path, monkeypatch):
     assert (d / src.filename).exists()  # a user's own file is never deleted
 
 
+def test_hash_sidecar_is_trusted_only_for_the_same_size_and_mtime(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"first version")
+    assert weights.file_sha256(path) == hashlib.sha256(b"first version").hexdigest()
+    stamp = path.stat().st_mtime_ns
+    # Same size, new content, another mtime: the sidecar's hash is stale.
+    path.write_bytes(b"other version")
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert weights.file_sha256(path) == hashlib.sha256(b"other version").hexdigest()
+    # Another size with the mtime the sidecar recorded: stale as well.
+    path.write_bytes(b"a longer third version")
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert weights.file_sha256(path) == hashlib.sha256(b"a longer third version").hexdigest()
+
+
 # ---- URL downloads -----------------------------------------------------------------------------
 def test_url_download_to_cache(tmp_path, monkeypatch, serve):
     data = b"0123456789" * 1000
@@ -199,7 +215,8 @@ def test_hash_mismatch_redownloads_once(tmp_path, monkeypatch, serve):
 
     always_bad = serve(lambda req, head, n: _send(req, b"bad!", head))
     src = _register(monkeypatch, url=always_bad.url + "/thing.bin", sha256=hashlib.sha256(good).hexdigest())
-    (tmp_path / "cache" / src.filename).unlink()
+    for leftover in (tmp_path / "cache").iterdir():  # the good file and its hash sidecar: a fresh start
+        leftover.unlink()
     with pytest.raises(WeightsError, match="sha256"):
         weights.resolve(src.tag, progress=False)
     assert always_bad.count == 2

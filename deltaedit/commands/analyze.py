@@ -105,23 +105,6 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _clip_features(clip, images, captions: list[str], image_size: int, batch_size: int):
-    """Image features of `images` (a callable batch loader or a tensor) and text features of captions."""
-    import torch
-    from tqdm.auto import tqdm
-
-    n = len(captions)
-    image_feats = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc="image features", unit="batch"):
-            batch = images(start, min(n, start + batch_size))
-            image_feats.append(clip.image_features(batch, image_size).float().cpu())
-        text_feats = [
-            clip.embed_text(c).float().cpu() for c in tqdm(captions, desc="text features", unit="caption")
-        ]
-    return torch.cat(image_feats).numpy(), torch.stack(text_feats).numpy()
-
-
 def features_from_images(args) -> tuple[np.ndarray, np.ndarray]:
     """Features of user pictures and their captions through the domain's CLIP."""
     import torch
@@ -143,26 +126,12 @@ def features_from_images(args) -> tuple[np.ndarray, np.ndarray]:
     def load(start: int, stop: int):
         return torch.cat([to_tensor(load_image(path), size) for path, _ in pairs[start:stop]])
 
-    return _clip_features(clip, load, [c for _, c in pairs], size, args.batch_size)
+    return analysis.clip_features(clip, load, [c for _, c in pairs], size, args.batch_size)
 
 
 def features_from_toy(args) -> tuple[np.ndarray, np.ndarray]:
     """Render toy faces with captions and compute their features with the toy CLIP."""
-    try:
-        from ..models import load_clip
-        from ..toy.attributes import captions
-        from ..toy.render import render_batch
-    except ImportError as exc:
-        raise InputError(
-            f"the toy domain is not available in this install ({exc}); pass --image-features and"
-            " --text-features, or --images and --captions"
-        ) from exc
-    if args.count < analysis.MIN_PAIRS:
-        raise InputError(f"--count must be at least {analysis.MIN_PAIRS}")
-    clip = load_clip("toy", _device(args.device), args.weights_dir)
-    images, attrs = render_batch(args.count, args.render_seed, as_tensor=True)
-    texts = captions(attrs, args.render_seed)
-    return _clip_features(clip, lambda a, b: images[a:b], texts, images.shape[-1], args.batch_size)
+    return analysis.toy_features(args.count, args.render_seed, _device(args.device), args.weights_dir, args.batch_size)
 
 
 def _source(args) -> str:
