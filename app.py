@@ -294,6 +294,18 @@ def example_diffusion(domain, image, source, target, progress=gr.Progress(track_
     return edit_diffusion(domain, image, source, target, strength, threshold, 50, 0, progress=progress)
 
 
+# Sample examples (no photo): the seed's sample is edited.
+@user_errors
+def example_gan_sample(domain, seed, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    strength, threshold = service.edit_defaults(domain, "gan")
+    return edit_gan(domain, None, source, target, strength, threshold, seed, progress=progress)
+
+
+@user_errors
+def example_compare_sample(domain, seed, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    return compare(domain, None, source, target, None, None, 50, seed, sliders_moved=False, progress=progress)
+
+
 @user_errors
 def example_compare(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
     return compare(domain, image, source, target, None, None, 50, 0, sliders_moved=False, progress=progress)
@@ -314,7 +326,6 @@ def change_domain(domain, backbone, progress=gr.Progress(track_tqdm=True)):  # n
     aligns = service.aligns_faces(domain)
     return (
         status,
-        service.neutral_text(domain),
         service.diffusion_status(domain),
         strength,
         threshold,
@@ -455,6 +466,9 @@ def _examples(kind: str) -> list[list[str]]:
     return [[DEFAULT_DOMAIN, str(path), source, target] for path, source, target in service.examples(kind)]
 
 
+SAMPLE_DOMAIN = "ffhq"  # the domain whose examples are generator samples (no photo files)
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DeltaEdit", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -545,8 +559,9 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             gan_outputs,
                             example_gan,
-                            "Examples (toy faces): click one to run it",
+                            "Examples (toy faces): a click switches the domain to Toy faces and runs it",
                         )
+                        _sample_examples("gan", [domain, seed, source, target], gan_outputs, example_gan_sample, image)
                     with gr.Tab("DeltaEdit-D") as d_tab:
                         d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN), elem_id="d-notice")
                         steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps")
@@ -559,7 +574,8 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             d_outputs,
                             example_diffusion,
-                            "Examples (toy faces, 50 DDIM steps): click one to run it",
+                            "Examples (toy faces, 50 DDIM steps): a click switches the domain to Toy faces"
+                            " and runs it",
                         )
                     with gr.Tab("Compare") as compare_tab:
                         compare_note = gr.Markdown(
@@ -589,7 +605,11 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             compare_outputs,
                             example_compare,
-                            "Examples (toy faces, each backbone with its defaults): click one to run it",
+                            "Examples (toy faces, each backbone with its defaults): a click switches the"
+                            " domain to Toy faces and runs it",
+                        )
+                        _sample_examples(
+                            "compare", [domain, seed, source, target], compare_outputs, example_compare_sample, image
                         )
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
@@ -648,11 +668,12 @@ def build_demo() -> gr.Blocks:
             change_domain,
             inputs=[domain, backbone_tab],
             outputs=[
-                domain_status, source, d_notice, strength, threshold, sliders_moved, align,
-                vocabulary_box, compare_note,
+                domain_status, d_notice, strength, threshold, sliders_moved, align, vocabulary_box, compare_note,
             ],
             api_visibility="private",
         )  # fmt: skip
+        # The user's own choice of domain resets the source text; an example's keeps the example's.
+        domain.input(service.neutral_text, inputs=domain, outputs=source, api_visibility="private")
         deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")
     return demo
 
@@ -664,6 +685,30 @@ def close_toasts(inputs) -> str:
         "(...args) => { document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click());"
         f" return args.slice(0, {len(inputs)}); }}"
     )
+
+
+def _sample_examples(kind: str, inputs, outputs, fn, photo) -> gr.Examples | None:
+    """A tab's FFHQ examples: generator samples by seed (no photo files), offered when the weights
+    for them are here; a click switches the domain to FFHQ, empties the Photo box (the edit is of
+    the sample) and runs it."""
+    rows = service.sample_examples(SAMPLE_DOMAIN, kind)
+    if not rows or not service.samples_available(SAMPLE_DOMAIN):
+        return None
+    label = next(name for name, d in service.domain_choices() if d == SAMPLE_DOMAIN)
+    examples = gr.Examples(
+        examples=[[SAMPLE_DOMAIN, seed, source, target] for seed, source, target in rows],
+        inputs=inputs,
+        outputs=outputs,
+        fn=fn,
+        cache_examples=True,
+        cache_mode="lazy",
+        api_visibility="private",
+        visible_columns=[1, 2, 3],
+        label=f"Examples ({label}, random samples by seed): a click switches the domain to {label} and runs it",
+        elem_id=f"examples-{SAMPLE_DOMAIN}-{kind}",
+    )
+    examples.dataset.click(lambda: None, outputs=photo, api_visibility="private")
+    return examples
 
 
 def _tab_examples(kind: str, inputs, outputs, fn, label: str) -> gr.Examples:

@@ -167,6 +167,33 @@ def _missing_weights_error(domain: str, exc: WeightsError) -> WeightsError:
     )
 
 
+# Examples of domains whose photos are not shipped: generator samples by seed, (seed, source, target)
+# per tab. Offered only where `samples_available` says the weights are here.
+SAMPLE_EXAMPLES: dict[str, dict[str, list[tuple[int, str, str]]]] = {
+    "ffhq": {
+        "gan": [
+            (3, "face", "face with a smile"),
+            (7, "face", "face with a smile\nface with blond hair\nface with eyeglasses"),
+            (11, "face with black hair", "face with blond hair"),
+        ],
+        "compare": [(3, "face", "face with eyeglasses")],
+    },
+}
+
+
+def sample_examples(domain: str, kind: str) -> list[tuple[int, str, str]]:
+    """One tab's sample examples of `domain` as (seed, source, target); none when absent."""
+    return list(SAMPLE_EXAMPLES.get(check_domain(domain), {}).get(kind, []))
+
+
+def samples_available(domain: str) -> bool:
+    """Whether the weights for editing `domain`'s generator samples are here (no network, no
+    loading): every file but the photo encoder and the face landmarks, which only photos need."""
+    cfg = load_domain_config(check_domain(domain))
+    photo_only = {cfg.weights.get("e4e"), cfg.weights.get("landmarks")}
+    return not [m for m in weights.missing_for_domain(cfg) if m.tag not in photo_only]
+
+
 def get_editor(domain: str, backbone: str = "gan"):
     """The process-wide cached editor (the library caches it); missing weights say so in one sentence."""
     domain = check_domain(domain)
@@ -180,13 +207,23 @@ def get_editor(domain: str, backbone: str = "gan"):
         return load_editor(domain, backbone, DEVICE)
     except (WeightsError, InputError) as exc:
         # e.g. no weights, a domain without a diffusion model, or a model of another domain
-        if missing_weights(domain):
+        if not _gan_loads(domain):
             raise WeightsError(
                 f"{D_UNAVAILABLE} ({label}), and neither are DeltaEdit-G's: see the status next to the"
                 " Domain menu."
             ) from exc
         short = _reason(exc).split(";")[0]
         raise WeightsError(f"{D_UNAVAILABLE} ({label}): {short}. The DeltaEdit-D tab says more.") from exc
+
+
+def _gan_loads(domain: str) -> bool:
+    """Whether DeltaEdit-G of `domain` loads (cached after the first time): the weights it needs
+    for samples are here, whatever else (the photo encoder, landmarks) is missing."""
+    try:
+        load_editor(domain, "gan", DEVICE)
+    except DeltaEditError:
+        return False
+    return True
 
 
 def _reason(exc: Exception) -> str:
@@ -225,7 +262,7 @@ def diffusion_status(domain: str) -> str:
     try:
         get_editor(domain, "diffusion")
     except DeltaEditError as exc:
-        if missing_weights(domain):
+        if not _gan_loads(domain):
             return f"**{D_UNAVAILABLE}**, and neither are DeltaEdit-G's: see the status above."
         return f"**{D_UNAVAILABLE}.** DeltaEdit-G still works. Why: {_reason(exc.__cause__ or exc)}."
     return ""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import REPO, app_url  # noqa: F401 - the session's server fixture
+from app_server import REPO, AppServer, app_url, toy_weights_env  # noqa: F401 - the session's server fixture
 from PIL import Image
 
 from deltaedit import service
@@ -28,6 +28,8 @@ EXAMPLE = REPO / "assets" / "examples" / "toy_brown_hair.png"
 EDIT_TIMEOUT_MS = 120_000  # a D edit on a busy 2-core CPU
 
 pytestmark = pytest.mark.browser
+pytest_plugins = ["fixtures_ffhq"]  # ffhq_weights: random weights in the official file formats
+FFHQ_EDIT_TIMEOUT_MS = 600_000  # full-size StyleGAN2 and ViT-B/32 on a busy 2-core CPU
 
 
 @pytest.fixture(scope="module")
@@ -396,3 +398,71 @@ def test_deltaspace_plots_are_whole_and_nothing_covers_their_titles(page):
             overlap_x = min(title["x"] + title["width"], label["x"] + label["width"]) - max(title["x"], label["x"])
             overlap_y = min(title["y"] + title["height"], label["y"] + label["height"]) - max(title["y"], label["y"])
             assert overlap_x <= 0 or overlap_y <= 0, "the label covers a plot's title"
+
+
+@pytest.fixture(scope="module")
+def ffhq_app_url(ffhq_weights, tmp_path_factory):
+    """A second app whose DELTAEDIT_WEIGHTS_DIR holds FFHQ weights in the official formats (random
+    values, no photo encoder): offline, with an empty cache."""
+    env = toy_weights_env()
+    if env is None or "DELTAEDIT_WEIGHTS_DIR" in env:
+        pytest.skip("needs the packaged toy weights (DELTAEDIT_WEIGHTS_DIR is taken by the FFHQ folder)")
+    cache = tmp_path_factory.mktemp("ffhq-app-cache")
+    server = AppServer(
+        {
+            "DELTAEDIT_WEIGHTS_DIR": str(ffhq_weights),
+            "HF_HUB_OFFLINE": "1",
+            "DELTAEDIT_OFFLINE": "1",
+            "DELTAEDIT_CACHE": str(cache / "deltaedit"),
+            "HF_HUB_CACHE": str(cache / "hf"),
+        }
+    )
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_ffhq_with_official_format_weights_offers_sample_examples_and_runs_one(browser, ffhq_app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(ffhq_app_url, wait_until="domcontentloaded")
+        page.wait_for_selector("#input-image", timeout=30_000)
+        # Toy examples say that a click switches the domain; FFHQ's need no photo files.
+        assert "switches the domain to Toy faces" in page.locator("#examples-gan").inner_text()
+        rows = page.locator("#examples-ffhq-gan tbody tr")
+        rows.first.wait_for(timeout=10_000)
+        assert rows.count() == len(service.SAMPLE_EXAMPLES["ffhq"]["gan"])
+        assert "switches the domain to FFHQ faces" in page.locator("#examples-ffhq-gan").inner_text()
+        seed, _, target = service.SAMPLE_EXAMPLES["ffhq"]["gan"][0]
+        assert str(seed) in rows.first.inner_text() and target in rows.first.inner_text()
+        page.get_by_role("tab", name="Compare").click()
+        compare_rows = page.locator("#examples-ffhq-compare tbody tr")
+        compare_rows.first.wait_for(timeout=10_000)
+        assert compare_rows.count() == len(service.SAMPLE_EXAMPLES["ffhq"]["compare"])
+        page.get_by_role("tab", name="DeltaEdit-G").click()
+        upload(page)  # a photo in the box: the example edits its sample, not this photo
+        rows.first.click()
+        page.wait_for_function("() => !document.querySelector('#input-image img')")
+        page.wait_for_function(
+            "() => document.querySelector('#domain-choice input').value === 'FFHQ faces'"
+        )
+        status = page.locator("#domain-status")
+        status.get_by_text("models loaded").wait_for(timeout=FFHQ_EDIT_TIMEOUT_MS)
+        info = page.locator("#edit-info-gan")
+        info.get_by_text(f"random sample, seed {seed}").wait_for(timeout=FFHQ_EDIT_TIMEOUT_MS)
+        assert "DeltaEdit-G" in info.inner_text()
+        assert page.locator("#target-text textarea").input_value() == target
+        layers = page.locator("#before-after-gan img[data-testid=imageslider-image]")
+        layers.nth(1).wait_for(state="visible", timeout=60_000)
+        assert layers.nth(1).evaluate("img => img.complete && img.naturalWidth") == 1024
+        # G works here and D has no weights: the D tab says exactly that, inside its box.
+        page.get_by_role("tab", name="DeltaEdit-D").click()
+        notice = page.locator("#d-notice")
+        notice.get_by_text("DeltaEdit-G still works").wait_for(timeout=30_000)
+        assert no_horizontal_overflow(notice) == [] and no_horizontal_overflow(status) == []
+        assert "--weights-dir" not in notice.inner_text()
+        assert visible_toasts(page).count() == 0
+    finally:
+        page.close()

@@ -385,3 +385,30 @@ def test_one_vocabulary_in_the_readme_the_page_and_the_configs():
     for prompt in quoted:
         # A phrase the toy model knows in another spelling would be a second vocabulary.
         assert prompt in phrases or prompt == "face" or not vocabulary.is_known("toy", prompt), prompt
+
+
+def test_the_d_notice_says_g_works_only_when_g_loads(monkeypatch):
+    def load(domain, backbone, device):
+        if backbone == "diffusion" or domain == "toy":
+            raise WeightsError(f"could not get {backbone} ({domain}): missing; try --weights-dir DIR")
+        return FakeEditor()
+
+    monkeypatch.setattr(service, "load_editor", load)
+    works = service.diffusion_status("ffhq")
+    assert "DeltaEdit-G still works" in works and "--weights-dir" not in works
+    with pytest.raises(WeightsError, match="The DeltaEdit-D tab says more"):
+        service.edit("diffusion", "ffhq", target="face with a smile", steps=5)
+    neither = service.diffusion_status("toy")
+    assert "neither are DeltaEdit-G's" in neither and "still works" not in neither
+
+
+def test_ffhq_sample_examples_need_no_files_and_are_offered_only_with_weights(monkeypatch, tmp_path):
+    from fixtures_ffhq import isolate_weights_env
+
+    rows = [row for kind in ("gan", "compare") for row in service.sample_examples("ffhq", kind)]
+    assert rows and all(isinstance(seed, int) for seed, _, _ in rows)
+    assert any("\n" in target for _, _, target in rows)  # several targets
+    assert any(source != service.neutral_text("ffhq") for _, source, _ in rows)  # a source -> target pair
+    assert service.sample_examples("toy", "gan") == []
+    isolate_weights_env(monkeypatch, tmp_path)
+    assert not service.samples_available("ffhq")
