@@ -62,7 +62,9 @@ MAX_UPLOAD = os.environ.get("DELTAEDIT_MAX_UPLOAD", "20mb")
 # How many edits one visitor (one address) may have waiting or running at once.
 JOBS_PER_CLIENT = int(os.environ.get("DELTAEDIT_JOBS_PER_CLIENT", "3"))
 # The events whose calls count as a visitor's jobs: the edits, not the page's small UI events.
-JOBS = {"edit_gan", "edit_diffusion", "compare", "sample", "show_deltaspace", "change_domain"}
+JOBS = {
+    "edit_gan", "edit_diffusion", "compare", "sample", "show_deltaspace", "change_domain", "show_seed_sample",
+}  # fmt: skip
 # Pillow's own decompression-bomb error fires at twice this: exactly our pixel limit, for any
 # decode that does not go through deltaedit.imageio (Gradio's own, for one).
 PIL.Image.MAX_IMAGE_PIXELS = imageio.DEFAULT_MAX_PIXELS // 2
@@ -134,10 +136,10 @@ def user_errors(fn):
     return wrapper
 
 
+# Notices (a target that changed nothing, a cut prompt) are listed in the run's summary only: one
+# place, replaced by the next run, instead of pop-ups that pile up over the page.
 def _edit_outputs(view: service.EditView):
     service.save_files(view)
-    for notice in view.notices:
-        gr.Warning(notice)
     before_after = (view.source_image, view.edited_images[0])
     return before_after, view.gallery, [str(p) for p in view.files], view.summary
 
@@ -221,8 +223,6 @@ def compare(
         seed=seed,
         align=align,
     )
-    for notice in dict.fromkeys(view.gan.notices + (view.diffusion.notices if view.diffusion else [])):
-        gr.Warning(notice)
     d_image = view.diffusion.edited_images[0] if view.diffusion else None
     return view.source_image, view.gan.edited_images[0], d_image, view.summary
 
@@ -243,6 +243,44 @@ def new_seed():
     return random.randint(0, 999_999)
 
 
+@user_errors
+def show_seed_sample(domain, image, seed):
+    """After an edit with no photo: the seed's random sample, the face that edit started from."""
+    if image is not None:
+        return gr.Image(value=None, visible=False)
+    seed = service.check_seed(seed)
+    return gr.Image(
+        value=_gpu_sample(domain, seed),
+        visible=True,
+        label=f"Seed {seed}'s random sample: the face the edit started from (no photo given)",
+    )
+
+
+def check_upload(payload):
+    """The Photo's upload event: a file that is not an image is said so at once and removed.
+    Reads only the file's header (format and size); the raw payload, so nothing is decoded."""
+    path = payload.get("path") if isinstance(payload, dict) else None
+    hide_sample = gr.Image(value=None, visible=False)
+    if not path:
+        return gr.skip(), hide_sample
+    folder = Path(upload_folder()).resolve()
+    if not Path(path).resolve().is_relative_to(folder):
+        return None, hide_sample  # not an upload of this page: never read
+    try:
+        imageio.check_image_file(path)
+    except DeltaEditError as exc:
+        gr.Warning(_upload_message(exc, path), title="Not an image")
+        return None, hide_sample
+    return gr.skip(), hide_sample
+
+
+def _upload_message(exc: Exception, path: str) -> str:
+    message = str(exc).replace(f"image file {path}", "the uploaded file").replace(
+        f"Image file {path}", "The uploaded file"
+    )
+    return message[:1].upper() + message[1:]
+
+
 # Examples run with the domain's defaults for their backbone (seed 0, 50 DDIM steps).
 @user_errors
 def example_gan(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -254,6 +292,18 @@ def example_gan(domain, image, source, target, progress=gr.Progress(track_tqdm=T
 def example_diffusion(domain, image, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
     strength, threshold = service.edit_defaults(domain, "diffusion")
     return edit_diffusion(domain, image, source, target, strength, threshold, 50, 0, progress=progress)
+
+
+# Sample examples (no photo): the seed's sample is edited.
+@user_errors
+def example_gan_sample(domain, seed, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    strength, threshold = service.edit_defaults(domain, "gan")
+    return edit_gan(domain, None, source, target, strength, threshold, seed, progress=progress)
+
+
+@user_errors
+def example_compare_sample(domain, seed, source, target, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    return compare(domain, None, source, target, None, None, 50, seed, sliders_moved=False, progress=progress)
 
 
 @user_errors
@@ -276,7 +326,6 @@ def change_domain(domain, backbone, progress=gr.Progress(track_tqdm=True)):  # n
     aligns = service.aligns_faces(domain)
     return (
         status,
-        service.neutral_text(domain),
         service.diffusion_status(domain),
         strength,
         threshold,
@@ -302,7 +351,8 @@ def show_deltaspace(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - grad
         " (delta rows) should line up better than the raw features: that is the DeltaSpace claim.\n\n"
         f"```\n{bundle['table']}\n```"
     )
-    return text, [str(p) for p in bundle["pictures"]]
+    captions = {"raw": "Raw features: images and captions", "delta": "Differences (DeltaSpace)"}
+    return text, [(str(p), captions.get(p.stem.split("_")[0], p.stem)) for p in bundle["pictures"]]
 
 
 class PhotoInput(gr.Image):
@@ -366,7 +416,7 @@ between their captions. That shared space of differences is **DeltaSpace**.
 1. Training (text-free): for two generated images with style codes s1, s2 and CLIP image features
    i1, i2, a *Delta Mapper* learns to predict Δs = s2 − s1 from s1, i1 and the image difference i2 − i1.
 2. Editing: the image difference is replaced by a text difference
-   Δt = CLIP("face with smile") − CLIP("face"); the mapper turns it into Δs, channels unrelated to
+   Δt = CLIP("face with a smile") − CLIP("face"); the mapper turns it into Δs, channels unrelated to
    the prompt are zeroed (the *disentanglement threshold*), and s + strength·Δs is decoded.
 3. Decoders: **DeltaEdit-G** decodes with StyleGAN2; **DeltaEdit-D** with a diffusion model
    conditioned on the same style code (DDIM inversion, then sampling under s + Δs).
@@ -392,11 +442,22 @@ CSS = """
 }
 .result-gallery img { object-fit: contain !important; }
 .result-gallery .fixed-height { min-height: 0; max-height: none; }
+/* Gallery captions sit under their picture and wrap: the whole target is readable, no "…". */
+.caption-below .thumbnail-item { display: flex; flex-direction: column; aspect-ratio: auto; height: auto; }
+.caption-below .thumbnail-item img { aspect-ratio: 1 / 1; width: 100%; height: auto; object-fit: contain; }
+.caption-below .caption-label {
+  position: static; max-width: none; white-space: normal; overflow: visible; text-overflow: clip;
+  border: 0; border-radius: 0; overflow-wrap: anywhere;
+}
+#deltaspace-pictures .fixed-height { min-height: 0; max-height: none; }
 [id^=examples-] td { white-space: pre-line; }
 #input-image img, .before-after img, .result-image img, .result-gallery img {
   image-rendering: pixelated;
 }
 #vocabulary button { font-size: var(--text-sm); }
+/* Status lines wrap inside their box (long file names and URLs too): no sideways scrolling. */
+#domain-status, #d-notice { overflow-wrap: anywhere; }
+#domain-status pre, #d-notice pre { white-space: pre-wrap; }
 """
 
 
@@ -405,11 +466,14 @@ def _examples(kind: str) -> list[list[str]]:
     return [[DEFAULT_DOMAIN, str(path), source, target] for path, source, target in service.examples(kind)]
 
 
+SAMPLE_DOMAIN = "ffhq"  # the domain whose examples are generator samples (no photo files)
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DeltaEdit", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# DeltaEdit: text-guided image editing in DeltaSpace\n"
-            f"Describe the change (“face with smile”) and DeltaEdit edits the face: no per-prompt"
+            f"Describe the change (“face with a smile”) and DeltaEdit edits the face: no per-prompt"
             f" training. [Paper]({PAPER}) · the **How it works** section is at the bottom."
         )
         with gr.Row():
@@ -443,6 +507,10 @@ def build_demo() -> gr.Blocks:
                         value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80
                     )
                     sample_button = gr.Button("Random sample", size="sm")
+                seed_sample = gr.Image(
+                    label="The seed's random sample", format="png", interactive=False, visible=False,
+                    height=200, elem_id="seed-sample", elem_classes="result-image", buttons=["download"],
+                )  # fmt: skip
                 aligns = service.aligns_faces(DEFAULT_DOMAIN)
                 align = gr.Checkbox(
                     value=aligns,
@@ -455,7 +523,7 @@ def build_demo() -> gr.Blocks:
                 target = gr.Textbox(
                     label="Target text",
                     info="One per line for several edits.",
-                    placeholder="face with smile",
+                    placeholder="face with a smile",
                     lines=2,
                     elem_id="target-text",
                 )
@@ -491,10 +559,11 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             gan_outputs,
                             example_gan,
-                            "Examples (toy faces): click one to run it",
+                            "Examples (toy faces): a click switches the domain to Toy faces and runs it",
                         )
+                        _sample_examples("gan", [domain, seed, source, target], gan_outputs, example_gan_sample, image)
                     with gr.Tab("DeltaEdit-D") as d_tab:
-                        d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN))
+                        d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN), elem_id="d-notice")
                         steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps")
                         d_button = gr.Button(
                             "Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion"
@@ -505,7 +574,8 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             d_outputs,
                             example_diffusion,
-                            "Examples (toy faces, 50 DDIM steps): click one to run it",
+                            "Examples (toy faces, 50 DDIM steps): a click switches the domain to Toy faces"
+                            " and runs it",
                         )
                     with gr.Tab("Compare") as compare_tab:
                         compare_note = gr.Markdown(
@@ -535,27 +605,48 @@ def build_demo() -> gr.Blocks:
                             [domain, image, source, target],
                             compare_outputs,
                             example_compare,
-                            "Examples (toy faces, each backbone with its defaults): click one to run it",
+                            "Examples (toy faces, each backbone with its defaults): a click switches the"
+                            " domain to Toy faces and runs it",
+                        )
+                        _sample_examples(
+                            "compare", [domain, seed, source, target], compare_outputs, example_compare_sample, image
                         )
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
+                        # Label and titles above the plots, each plot whole (no inner scroll).
                         ds_pictures = gr.Gallery(
-                            label="t-SNE of raw and delta features", columns=2, height=320
+                            label="t-SNE of raw and delta features",
+                            show_label=False,
+                            columns=2,
+                            height="auto",
+                            object_fit="contain",
+                            allow_preview=True,
+                            elem_id="deltaspace-pictures",
+                            elem_classes="caption-below",
                         )
 
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS)
 
         common = [domain, image, source, target, strength, threshold]
-        gan_button.click(edit_gan, inputs=[*common, seed, align], outputs=gan_outputs, api_name="edit_gan")
+        gan_inputs = [*common, seed, align]
+        gan_button.click(
+            edit_gan, inputs=gan_inputs, outputs=gan_outputs, api_name="edit_gan", js=close_toasts(gan_inputs)
+        ).success(show_seed_sample, inputs=[domain, image, seed], outputs=seed_sample, api_visibility="private")
+        d_inputs = [*common, steps, seed, align]
         d_button.click(
-            edit_diffusion, inputs=[*common, steps, seed, align], outputs=d_outputs, api_name="edit_diffusion"
-        )
+            edit_diffusion, inputs=d_inputs, outputs=d_outputs, api_name="edit_diffusion", js=close_toasts(d_inputs)
+        ).success(show_seed_sample, inputs=[domain, image, seed], outputs=seed_sample, api_visibility="private")
+        compare_inputs = [*common, compare_steps, seed, align, sliders_moved]
         compare_button.click(
             compare,
-            inputs=[*common, compare_steps, seed, align, sliders_moved],
+            inputs=compare_inputs,
             outputs=compare_outputs,
             api_name="compare",
+            js=close_toasts(compare_inputs),
+        )
+        image.upload(
+            check_upload, inputs=image, outputs=[image, seed_sample], preprocess=False, api_visibility="private"
         )
         sample_button.click(new_seed, outputs=seed, api_visibility="private").then(
             sample, inputs=[domain, seed], outputs=image, api_name="sample"
@@ -577,13 +668,47 @@ def build_demo() -> gr.Blocks:
             change_domain,
             inputs=[domain, backbone_tab],
             outputs=[
-                domain_status, source, d_notice, strength, threshold, sliders_moved, align,
-                vocabulary_box, compare_note,
+                domain_status, d_notice, strength, threshold, sliders_moved, align, vocabulary_box, compare_note,
             ],
             api_visibility="private",
         )  # fmt: skip
+        # The user's own choice of domain resets the source text; an example's keeps the example's.
+        domain.input(service.neutral_text, inputs=domain, outputs=source, api_visibility="private")
         deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")
     return demo
+
+
+def close_toasts(inputs) -> str:
+    """Front-end code run as an edit starts: the previous run's pop-ups close, so each run shows
+    its own message only ("Error (2)" never piles up). The inputs pass through unchanged."""
+    return (
+        "(...args) => { document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click());"
+        f" return args.slice(0, {len(inputs)}); }}"
+    )
+
+
+def _sample_examples(kind: str, inputs, outputs, fn, photo) -> gr.Examples | None:
+    """A tab's FFHQ examples: generator samples by seed (no photo files), offered when the weights
+    for them are here; a click switches the domain to FFHQ, empties the Photo box (the edit is of
+    the sample) and runs it."""
+    rows = service.sample_examples(SAMPLE_DOMAIN, kind)
+    if not rows or not service.samples_available(SAMPLE_DOMAIN):
+        return None
+    label = next(name for name, d in service.domain_choices() if d == SAMPLE_DOMAIN)
+    examples = gr.Examples(
+        examples=[[SAMPLE_DOMAIN, seed, source, target] for seed, source, target in rows],
+        inputs=inputs,
+        outputs=outputs,
+        fn=fn,
+        cache_examples=True,
+        cache_mode="lazy",
+        api_visibility="private",
+        visible_columns=[1, 2, 3],
+        label=f"Examples ({label}, random samples by seed): a click switches the domain to {label} and runs it",
+        elem_id=f"examples-{SAMPLE_DOMAIN}-{kind}",
+    )
+    examples.dataset.click(lambda: None, outputs=photo, api_visibility="private")
+    return examples
 
 
 def _tab_examples(kind: str, inputs, outputs, fn, label: str) -> gr.Examples:
@@ -622,7 +747,7 @@ def _edit_result_components(backbone: str):
         preview=False,
         allow_preview=True,
         elem_id=f"gallery-{backbone}",
-        elem_classes="result-gallery",
+        elem_classes=["result-gallery", "caption-below"],
     )
     files = gr.File(label="Download the edited images (PNG)", file_count="multiple")
     info = gr.Markdown(elem_id=f"edit-info-{backbone}")

@@ -2,7 +2,7 @@
 
 >>> from deltaedit import load_editor
 >>> editor = load_editor("toy", backbone="gan")
->>> result = editor.edit(latents=editor.sample(seed=3).w_plus, targets=["face with smile"])
+>>> result = editor.edit(latents=editor.sample(seed=3).w_plus, targets=["face with a smile"])
 >>> result.edited_images[0].save("smile.png")
 """
 

@@ -83,7 +83,7 @@ class DomainClip:
     @staticmethod
     def _clean(phrase: str) -> str:
         if not isinstance(phrase, str) or not phrase.strip():
-            raise InputError("the prompt is empty; type a description such as 'face with smile'")
+            raise InputError("the prompt is empty; type a description such as 'face with a smile'")
         return " ".join(phrase.split())
 
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, tuple[str, ...]]:

@@ -175,6 +175,24 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def center_square(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """The largest centred square of `img` (proportions kept, nothing squashed) and a notice saying
+    what was cut, or `img` itself and None when it is square already. The models take square
+    pictures: resizing a 300 x 200 photo straight to a square would make the face narrower."""
+    width, height = img.size
+    if width == height:
+        return img, None
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = img.crop((left, top, left + side, top + side))
+    cut = "left and right" if width > height else "top and bottom"
+    notice = (
+        f"The photo is {width} x {height}: its centre {side} x {side} square was used (the {cut} cut off)"
+        " so the face keeps its proportions; crop it yourself to choose another part."
+    )
+    return square, notice
+
+
 def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """[1, 3, size, size] in [-1, 1], exactly as the authors' `inference_real.py` prepares photos.
 

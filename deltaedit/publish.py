@@ -147,7 +147,7 @@ def _usage(repo_id: str, domain: str) -> list[str]:
 
     edit = (
         f"python -m deltaedit edit --backbone diffusion --domain {domain} --image face.jpg"
-        ' --target "face with smile" --out smile.png'
+        ' --target "face with a smile" --out smile.png'
     )
     try:
         src = weights.get_source(load_domain_config(domain).weights["diffusion"])

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import vocabulary
+from . import vocabulary, weights
 from .api import load_editor
 from .config import list_domains, load_domain_config
 from .errors import DeltaEditError, InputError, WeightsError
@@ -107,7 +107,7 @@ def defaults_note(domain: str) -> str:
 # with the toy attribute classifier); `python scripts/make_toy_examples.py` writes the pictures.
 EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
     "gan": [
-        ("toy_black_hair.png", "face", "face with smile"),
+        ("toy_black_hair.png", "face", "face with a smile"),
         ("toy_black_hair.png", "face with black hair", "face with blond hair"),
         ("toy_brown_hair.png", "face", "face with eyeglasses"),
         ("toy_glasses.png", "face", "face with bangs\nface with red hair\nface with tanned skin"),
@@ -132,37 +132,139 @@ def examples(kind: str) -> list[tuple[Path, str, str]]:
     return [(EXAMPLES_DIR / name, source, target) for name, source, target in EXAMPLES[kind]]
 
 
+# The app reads weights from $DELTAEDIT_WEIGHTS_DIR and the download cache; it has no --weights-dir.
+HOW_TO_ADD_WEIGHTS = (
+    "put them, with these file names, in one folder and start the app with DELTAEDIT_WEIGHTS_DIR set to"
+    " that folder, or run `python -m deltaedit download --domain {domain}` on a machine with internet"
+    " access (it fills the cache the app reads)"
+)
+
+
+def for_the_page(text: str) -> str:
+    """A library message as the page says it: the app is told where weights are by
+    DELTAEDIT_WEIGHTS_DIR only, so the command-line option is not offered."""
+    text = text.replace("pass --weights-dir DIR or set DELTAEDIT_WEIGHTS_DIR=DIR", "set DELTAEDIT_WEIGHTS_DIR=DIR")
+    text = re.sub(r" --weights-dir DIR(`)", r"\1", text)
+    text = text.replace(" (or --weights-dir DIR)", "")
+    return re.sub(r"(in )?--weights-dir( DIR)?", "in the DELTAEDIT_WEIGHTS_DIR folder", text)
+
+
+def missing_weights(domain: str) -> list:
+    """The weight files DeltaEdit-G of `domain` needs and this machine lacks (no network access)."""
+    return weights.missing_for_domain(load_domain_config(check_domain(domain)))
+
+
+def _missing_weights_error(domain: str, exc: WeightsError) -> WeightsError:
+    """A missing-weights error as one short sentence (the page's status lists the files)."""
+    missing = missing_weights(domain)
+    if not missing:
+        return WeightsError(for_the_page(str(exc)))
+    label = load_domain_config(domain).label
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return WeightsError(
+        f"{label}: {len(missing)} weight files are missing ({missing[0].filename}{more}), so nothing can"
+        " be edited here yet. The status next to the Domain menu lists them and how to add them."
+    )
+
+
+# Examples of domains whose photos are not shipped: generator samples by seed, (seed, source, target)
+# per tab. Offered only where `samples_available` says the weights are here.
+SAMPLE_EXAMPLES: dict[str, dict[str, list[tuple[int, str, str]]]] = {
+    "ffhq": {
+        "gan": [
+            (3, "face", "face with a smile"),
+            (7, "face", "face with a smile\nface with blond hair\nface with eyeglasses"),
+            (11, "face with black hair", "face with blond hair"),
+        ],
+        "compare": [(3, "face", "face with eyeglasses")],
+    },
+}
+
+
+def sample_examples(domain: str, kind: str) -> list[tuple[int, str, str]]:
+    """One tab's sample examples of `domain` as (seed, source, target); none when absent."""
+    return list(SAMPLE_EXAMPLES.get(check_domain(domain), {}).get(kind, []))
+
+
+def samples_available(domain: str) -> bool:
+    """Whether the weights for editing `domain`'s generator samples are here (no network, no
+    loading): every file but the photo encoder and the face landmarks, which only photos need."""
+    cfg = load_domain_config(check_domain(domain))
+    photo_only = {cfg.weights.get("e4e"), cfg.weights.get("landmarks")}
+    return not [m for m in weights.missing_for_domain(cfg) if m.tag not in photo_only]
+
+
 def get_editor(domain: str, backbone: str = "gan"):
-    """The process-wide cached editor (the library caches it); D's missing weights say so plainly."""
+    """The process-wide cached editor (the library caches it); missing weights say so in one sentence."""
     domain = check_domain(domain)
+    label = load_domain_config(domain).label
     if backbone != "diffusion":
-        return load_editor(domain, backbone, DEVICE)
+        try:
+            return load_editor(domain, backbone, DEVICE)
+        except WeightsError as exc:
+            raise _missing_weights_error(domain, exc) from exc
     try:
         return load_editor(domain, backbone, DEVICE)
-    except WeightsError as exc:
-        raise WeightsError(f"{D_UNAVAILABLE} ({load_domain_config(domain).label}). {exc}") from exc
-    except InputError as exc:  # e.g. a domain without a diffusion model, or a model of another domain
-        raise WeightsError(f"{D_UNAVAILABLE} ({load_domain_config(domain).label}): {exc}") from exc
+    except (WeightsError, InputError) as exc:
+        # e.g. no weights, a domain without a diffusion model, or a model of another domain
+        if not _gan_loads(domain):
+            raise WeightsError(
+                f"{D_UNAVAILABLE} ({label}), and neither are DeltaEdit-G's: see the status next to the"
+                " Domain menu."
+            ) from exc
+        short = _reason(exc).split(";")[0]
+        raise WeightsError(f"{D_UNAVAILABLE} ({label}): {short}. The DeltaEdit-D tab says more.") from exc
+
+
+def _gan_loads(domain: str) -> bool:
+    """Whether DeltaEdit-G of `domain` loads (cached after the first time): the weights it needs
+    for samples are here, whatever else (the photo encoder, landmarks) is missing."""
+    try:
+        load_editor(domain, "gan", DEVICE)
+    except DeltaEditError:
+        return False
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a library error without its "could not get FILE (tag):" prefix."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    first = re.sub(r"^could not get \S+ \([^)]*\): ", "", first).rstrip(".")
+    return for_the_page(first)
 
 
 def domain_status(domain: str) -> str:
-    """Load the domain's DeltaEdit-G models (a no-op when cached); a Markdown line saying how it went."""
+    """Load the domain's DeltaEdit-G models (a no-op when cached); Markdown saying how it went:
+    on failure the missing files, each with its source, and how to add them (prose, no code block,
+    so every line wraps inside the box)."""
     label = load_domain_config(check_domain(domain)).label
     t0 = time.perf_counter()
     try:
         get_editor(domain, "gan")
     except DeltaEditError as exc:
-        return f"**{label}: the models could not be loaded.**\n\n```\n{exc}\n```"
+        missing = missing_weights(domain)
+        if not missing:
+            return f"**{label}: the models could not be loaded.** {_reason(exc.__cause__ or exc)}."
+        how = HOW_TO_ADD_WEIGHTS.format(domain=domain)
+        lines = [
+            f"**{label}: the models could not be loaded: {len(missing)} weight files are missing.**"
+            f" To use this domain, {how}:",
+            "",
+        ]
+        lines += [f"- `{m.filename}` from {m.origin()}" for m in missing]
+        return "\n".join(lines)
     return f"{label}: models loaded ({time.perf_counter() - t0:.1f} s)."
 
 
 def diffusion_status(domain: str) -> str:
-    """'' when DeltaEdit-D can run on `domain`, otherwise a Markdown line saying why not."""
+    """'' when DeltaEdit-D can run on `domain`, otherwise Markdown saying why not (and whether
+    DeltaEdit-G works)."""
     try:
         get_editor(domain, "diffusion")
     except DeltaEditError as exc:
-        first = str(exc).split(". ", 1)[0].split(" (", 1)[0]
-        return f"**{first}.** DeltaEdit-G still works; the details:\n\n```\n{exc}\n```"
+        if not _gan_loads(domain):
+            return f"**{D_UNAVAILABLE}**, and neither are DeltaEdit-G's: see the status above."
+        return f"**{D_UNAVAILABLE}.** DeltaEdit-G still works. Why: {_reason(exc.__cause__ or exc)}."
     return ""
 
 

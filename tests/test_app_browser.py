@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import REPO, app_url  # noqa: F401 - the session's server fixture
+from app_server import REPO, AppServer, app_url, toy_weights_env  # noqa: F401 - the session's server fixture
 from PIL import Image
 
 from deltaedit import service
@@ -28,6 +28,8 @@ EXAMPLE = REPO / "assets" / "examples" / "toy_brown_hair.png"
 EDIT_TIMEOUT_MS = 120_000  # a D edit on a busy 2-core CPU
 
 pytestmark = pytest.mark.browser
+pytest_plugins = ["fixtures_ffhq"]  # ffhq_weights: random weights in the official file formats
+FFHQ_EDIT_TIMEOUT_MS = 600_000  # full-size StyleGAN2 and ViT-B/32 on a busy 2-core CPU
 
 
 @pytest.fixture(scope="module")
@@ -261,12 +263,56 @@ def test_a_diffusion_edit_shows_its_progress_while_it_runs(page):
     assert page.locator(".progress-level").filter(has_text=shown).count() == 0
 
 
+def no_horizontal_overflow(locator) -> list[str]:
+    """The element and every descendant whose content is wider than its box (clipped or scrolled)."""
+    return locator.evaluate(
+        """root => [root, ...root.querySelectorAll('*')]
+            .filter(e => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible')
+            .map(e => e.tagName + ': ' + e.textContent.slice(0, 60))"""
+    )
+
+
+def visible_toasts(page):
+    return page.locator("[data-testid=toast-body]:visible")
+
+
 def test_domain_without_weights_says_so_in_the_page(page):
     status = page.locator("#domain-status")
     page.locator("#domain-choice input").click()
     page.get_by_role("option", name="FFHQ faces").click()
     status.get_by_text("could not be loaded").wait_for(timeout=60_000)
-    assert "stylegan2-ffhq-config-f" in status.inner_text()  # names the missing file
+    text = status.inner_text()
+    assert "stylegan2-ffhq-config-f" in text  # names the missing file
+    # How to add them, in words the app honours, readable without scrolling sideways.
+    assert "DELTAEDIT_WEIGHTS_DIR" in text and "python -m deltaedit download --domain ffhq" in text
+    assert "--weights-dir" not in text
+    assert no_horizontal_overflow(status) == []
+    key = status.get_by_text("DELTAEDIT_WEIGHTS_DIR").first
+    assert inside(box(key), box(status))
+    # DeltaEdit-D's notice does not pretend DeltaEdit-G works, and wraps too.
+    page.get_by_role("tab", name="DeltaEdit-D").click()
+    notice = page.locator("#d-notice")
+    notice.get_by_text("neither are DeltaEdit-G").wait_for(timeout=10_000)
+    assert "still works" not in notice.inner_text()
+    assert no_horizontal_overflow(notice) == []
+    # Edit without weights: one short pop-up per run, replaced by the next run's (a pop-up
+    # otherwise stays 10 s, so "Error (2)" would pile up).
+    page.locator("#target-text textarea").fill("face with smile")
+    page.locator("#edit-diffusion").click()
+    texts = page.locator("[data-testid=toast-text]")
+    texts.get_by_text("DeltaEdit-D weights are not available").wait_for(timeout=30_000)
+    assert visible_toasts(page).count() == 1
+    d_message = visible_toasts(page).first.inner_text()
+    assert len(d_message) < 300 and "--weights-dir" not in d_message
+    page.get_by_role("tab", name="DeltaEdit-G").click()
+    page.locator("#edit-gan").click()
+    texts.get_by_text("weight files are missing").wait_for(timeout=30_000)
+    texts.get_by_text("DeltaEdit-D weights are not available").wait_for(state="detached", timeout=3_000)
+    assert visible_toasts(page).count() == 1 and texts.count() == 1
+    message = visible_toasts(page).first.inner_text()
+    assert "stylegan2-ffhq-config-f.pt" in message and len(message) < 300
+    assert box(visible_toasts(page).first)["height"] < 200
+    page.locator("[data-testid=toast-close]").click()
     # FFHQ photos are aligned; the toy vocabulary does not apply to the real CLIP.
     page.locator("#align-face").wait_for(state="visible", timeout=10_000)
     page.locator("#vocabulary").wait_for(state="hidden", timeout=10_000)
@@ -275,3 +321,148 @@ def test_domain_without_weights_says_so_in_the_page(page):
     status.get_by_text("models loaded").wait_for(timeout=60_000)
     page.locator("#align-face").wait_for(state="hidden", timeout=10_000)
     page.locator("#vocabulary").wait_for(state="visible", timeout=10_000)
+
+
+def test_notices_are_listed_once_per_run_in_the_summary_without_pop_ups(page):
+    upload(page)
+    first = edit(page, "gan", "happy face")
+    assert "changed nothing" in first and "happy face" in first
+    page.locator("#target-text textarea").fill("sleepy face")
+    page.locator("#edit-gan").click()
+    info = page.locator("#edit-info-gan")
+    info.get_by_text("sleepy face").wait_for(timeout=EDIT_TIMEOUT_MS)
+    summary = info.inner_text()
+    assert "changed nothing" in summary and "happy face" not in summary  # replaced, not appended
+    assert visible_toasts(page).count() == 0, "a notice also popped up over the page"
+
+
+def test_the_seeds_sample_is_shown_and_gallery_captions_are_whole(page):
+    targets = ["face with bangs and red hair", "face with a smile"]
+    preview = page.locator("#seed-sample")
+    assert not preview.is_visible()
+    edit(page, "gan", "\n".join(targets))
+    # No photo: the face the edit started from is shown, with its seed.
+    preview.get_by_text("Seed 0").wait_for(timeout=30_000)
+    picture = preview.locator("img").first
+    picture.wait_for(state="visible", timeout=30_000)
+    assert picture.evaluate("img => img.complete && img.naturalWidth") == 64
+    # Every caption reads the whole target: not cut with an ellipsis, not spilling out.
+    captions = page.locator("#gallery-gan .caption-label")
+    assert captions.count() == len(targets)
+    for i, target in enumerate(targets):
+        caption = captions.nth(i)
+        assert caption.inner_text() == target
+        assert caption.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight")
+        assert style(caption, "text-overflow") != "ellipsis"
+        cell = page.locator("#gallery-gan .thumbnail-item").nth(i)
+        assert inside(box(caption), box(cell))
+        assert box(caption)["y"] >= drawn_box(cell.locator("img"))["y"] + drawn_box(cell.locator("img"))["height"] - 1
+    # A photo replaces the sample: the preview goes away.
+    upload(page)
+    preview.wait_for(state="hidden", timeout=10_000)
+
+
+def test_a_file_that_is_not_an_image_is_refused_on_upload(page, tmp_path):
+    fake = tmp_path / "x.png"
+    fake.write_text("this is a text file, not a picture\n" * 20)
+    page.locator("#input-image input[type=file]").set_input_files(str(fake))
+    page.locator("[data-testid=toast-text]").get_by_text("not").first.wait_for(timeout=30_000)
+    message = visible_toasts(page).first.inner_text()
+    assert "image" in message.lower() and str(tmp_path) not in message
+    page.wait_for_function("() => !document.querySelector('#input-image img')")  # the upload is removed
+
+
+def test_deltaspace_plots_are_whole_and_nothing_covers_their_titles(page):
+    page.get_by_role("tab", name="DeltaSpace").click()
+    gallery = page.locator("#deltaspace-pictures")
+    pictures = gallery.locator(".thumbnail-item img")
+    pictures.nth(1).wait_for(state="visible", timeout=120_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#deltaspace-pictures .thumbnail-item img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    outer = box(gallery)
+    assert no_horizontal_overflow(gallery) == []
+    assert gallery.evaluate(
+        "g => [g, ...g.querySelectorAll('*')].every(e => e.scrollHeight <= e.clientHeight + 1"
+        " || getComputedStyle(e).overflowY === 'visible')"
+    ), "a plot scrolls inside its box"
+    labels = gallery.locator("[data-testid=block-label]:visible")
+    for i in range(2):
+        drawn = drawn_box(pictures.nth(i))
+        assert inside(drawn, outer), (drawn, outer)
+        # The plot's title (its top tenth) is not under the gallery's label.
+        title = {**drawn, "height": drawn["height"] / 10}
+        for j in range(labels.count()):
+            label = box(labels.nth(j))
+            overlap_x = min(title["x"] + title["width"], label["x"] + label["width"]) - max(title["x"], label["x"])
+            overlap_y = min(title["y"] + title["height"], label["y"] + label["height"]) - max(title["y"], label["y"])
+            assert overlap_x <= 0 or overlap_y <= 0, "the label covers a plot's title"
+
+
+@pytest.fixture(scope="module")
+def ffhq_app_url(ffhq_weights, tmp_path_factory):
+    """A second app whose DELTAEDIT_WEIGHTS_DIR holds FFHQ weights in the official formats (random
+    values, no photo encoder): offline, with an empty cache."""
+    env = toy_weights_env()
+    if env is None or "DELTAEDIT_WEIGHTS_DIR" in env:
+        pytest.skip("needs the packaged toy weights (DELTAEDIT_WEIGHTS_DIR is taken by the FFHQ folder)")
+    cache = tmp_path_factory.mktemp("ffhq-app-cache")
+    server = AppServer(
+        {
+            "DELTAEDIT_WEIGHTS_DIR": str(ffhq_weights),
+            "HF_HUB_OFFLINE": "1",
+            "DELTAEDIT_OFFLINE": "1",
+            "DELTAEDIT_CACHE": str(cache / "deltaedit"),
+            "HF_HUB_CACHE": str(cache / "hf"),
+        }
+    )
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_ffhq_with_official_format_weights_offers_sample_examples_and_runs_one(browser, ffhq_app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(ffhq_app_url, wait_until="domcontentloaded")
+        page.wait_for_selector("#input-image", timeout=30_000)
+        # Toy examples say that a click switches the domain; FFHQ's need no photo files.
+        assert "switches the domain to Toy faces" in page.locator("#examples-gan").inner_text()
+        rows = page.locator("#examples-ffhq-gan tbody tr")
+        rows.first.wait_for(timeout=10_000)
+        assert rows.count() == len(service.SAMPLE_EXAMPLES["ffhq"]["gan"])
+        assert "switches the domain to FFHQ faces" in page.locator("#examples-ffhq-gan").inner_text()
+        seed, _, target = service.SAMPLE_EXAMPLES["ffhq"]["gan"][0]
+        assert str(seed) in rows.first.inner_text() and target in rows.first.inner_text()
+        page.get_by_role("tab", name="Compare").click()
+        compare_rows = page.locator("#examples-ffhq-compare tbody tr")
+        compare_rows.first.wait_for(timeout=10_000)
+        assert compare_rows.count() == len(service.SAMPLE_EXAMPLES["ffhq"]["compare"])
+        page.get_by_role("tab", name="DeltaEdit-G").click()
+        upload(page)  # a photo in the box: the example edits its sample, not this photo
+        rows.first.click()
+        page.wait_for_function("() => !document.querySelector('#input-image img')")
+        page.wait_for_function(
+            "() => document.querySelector('#domain-choice input').value === 'FFHQ faces'"
+        )
+        status = page.locator("#domain-status")
+        status.get_by_text("models loaded").wait_for(timeout=FFHQ_EDIT_TIMEOUT_MS)
+        info = page.locator("#edit-info-gan")
+        info.get_by_text(f"random sample, seed {seed}").wait_for(timeout=FFHQ_EDIT_TIMEOUT_MS)
+        assert "DeltaEdit-G" in info.inner_text()
+        assert page.locator("#target-text textarea").input_value() == target
+        layers = page.locator("#before-after-gan img[data-testid=imageslider-image]")
+        layers.nth(1).wait_for(state="visible", timeout=60_000)
+        assert layers.nth(1).evaluate("img => img.complete && img.naturalWidth") == 1024
+        # G works here and D has no weights: the D tab says exactly that, inside its box.
+        page.get_by_role("tab", name="DeltaEdit-D").click()
+        notice = page.locator("#d-notice")
+        notice.get_by_text("DeltaEdit-G still works").wait_for(timeout=30_000)
+        assert no_horizontal_overflow(notice) == [] and no_horizontal_overflow(status) == []
+        assert "--weights-dir" not in notice.inner_text()
+        assert visible_toasts(page).count() == 0
+    finally:
+        page.close()

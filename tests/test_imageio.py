@@ -309,3 +309,16 @@ def test_load_latents_errors(tmp_path):
         load_latents(tmp_path / "strings.npy")
     with pytest.raises(InputError, match="does not exist"):
         load_latents(tmp_path / "missing.npy")
+
+
+@pytest.mark.parametrize(("size", "box"), [((300, 200), (50, 0, 250, 200)), ((200, 300), (0, 50, 200, 250))])
+def test_center_square_keeps_proportions_and_says_what_it_cut(size, box):
+    from deltaedit.imageio import center_square
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+    square, notice = center_square(img)
+    assert square.size == (200, 200)
+    assert np.array_equal(np.asarray(square), np.asarray(img.crop(box)))
+    assert f"{size[0]} x {size[1]}" in notice and "200 x 200" in notice
+    same, none = center_square(square)
+    assert same is square and none is None

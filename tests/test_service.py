@@ -6,6 +6,7 @@ import os
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -316,3 +317,98 @@ def test_each_diffusion_and_compare_example_reaches_its_target_with_deltaedit_d(
         for path, source, target in service.examples(kind):
             view = service.edit("diffusion", "toy", image=str(path), source=source, target=target)
             assert _reached(view.edited_images[0], target), f"{kind} {path.name}: {target!r}"
+
+
+def test_an_odd_sized_photo_is_cropped_to_its_centre_not_squashed_and_the_summary_says_so():
+    """A 300 x 200 photo with a round dot in the middle: the toy model's input (the picture the page
+    shows as the input) keeps the dot round, and the summary names the crop."""
+    rng = np.random.default_rng(0)
+    photo = np.full((200, 300, 3), 200, dtype=np.uint8)
+    yy, xx = np.mgrid[:200, :300]
+    photo[(yy - 100) ** 2 + (xx - 150) ** 2 <= 60**2] = (20, 20, 20)
+    photo = np.clip(photo.astype(int) + rng.integers(-3, 4, photo.shape), 0, 255).astype(np.uint8)
+    view = service.edit("gan", "toy", image=Image.fromarray(photo), target="face with a smile")
+    shown = np.asarray(view.input_image.convert("L")) < 110
+    rows, cols = np.flatnonzero(shown.any(axis=1)), np.flatnonzero(shown.any(axis=0))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert abs(int(height) - int(width)) <= 2, (height, width)  # squashed: about 38 x 26
+    assert "300 x 200" in view.summary and "200 x 200" in view.summary
+
+
+def test_missing_ffhq_weights_are_one_short_sentence_and_the_status_says_how_to_add_them(monkeypatch, tmp_path):
+    from fixtures_ffhq import isolate_weights_env
+
+    isolate_weights_env(monkeypatch, tmp_path)
+    with pytest.raises(WeightsError) as info:
+        service.edit("gan", "ffhq", target="face with a smile")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300 and "stylegan2-ffhq-config-f.pt" in message
+    with pytest.raises(WeightsError) as info:
+        service.edit("diffusion", "ffhq", target="face with a smile", steps=5)
+    assert "neither are DeltaEdit-G's" in str(info.value) and "\n" not in str(info.value)
+    status = service.domain_status("ffhq")
+    assert "```" not in status  # prose and a list, so every line wraps on the page
+    assert "DELTAEDIT_WEIGHTS_DIR" in status and "python -m deltaedit download --domain ffhq" in status
+    for page_text in (status, service.diffusion_status("ffhq"), message):
+        assert "--weights-dir" not in page_text
+    assert "still works" not in service.diffusion_status("ffhq")
+    for source in service.missing_weights("ffhq"):
+        assert f"`{source.filename}`" in status
+
+
+def test_page_messages_name_the_folder_the_app_reads_not_a_command_line_option():
+    text = (
+        "Put them, with these file names, in a folder and pass --weights-dir DIR or set"
+        " DELTAEDIT_WEIGHTS_DIR=DIR; `python -m deltaedit download --domain ffhq --weights-dir DIR` fetches"
+        " them, or put the folder as deltaedit-d-ffhq/ in --weights-dir"
+    )
+    page = service.for_the_page(text)
+    assert "--weights-dir" not in page
+    assert "set DELTAEDIT_WEIGHTS_DIR=DIR" in page and "`python -m deltaedit download --domain ffhq`" in page
+    assert "deltaedit-d-ffhq/ in the DELTAEDIT_WEIGHTS_DIR folder" in page
+
+
+def test_one_vocabulary_in_the_readme_the_page_and_the_configs():
+    """Prompts the README, the page's placeholder and the configs suggest are spelled as the toy
+    model's known phrases (the chips): "face with a smile", never "face with smile" in one place."""
+    import re
+
+    from deltaedit.config import load_domain_config
+
+    repo = service.REPO_ROOT
+    phrases = set(service.known_phrases("toy"))
+    quoted = re.findall(r"[\"“]((?:face with|chubby|thin)[^\"”]*)[\"”]", (repo / "README.md").read_text())
+    quoted += re.findall(r'placeholder="((?:face with)[^"]*)"', (repo / "app.py").read_text())
+    quoted += [p for domain in ("toy", "ffhq") for p in load_domain_config(domain).example_prompts]
+    quoted += [t for kind in service.EXAMPLES.values() for _, src, tgt in kind for t in (src, *tgt.splitlines())]
+    assert quoted
+    for prompt in quoted:
+        # A phrase the toy model knows in another spelling would be a second vocabulary.
+        assert prompt in phrases or prompt == "face" or not vocabulary.is_known("toy", prompt), prompt
+
+
+def test_the_d_notice_says_g_works_only_when_g_loads(monkeypatch):
+    def load(domain, backbone, device):
+        if backbone == "diffusion" or domain == "toy":
+            raise WeightsError(f"could not get {backbone} ({domain}): missing; try --weights-dir DIR")
+        return FakeEditor()
+
+    monkeypatch.setattr(service, "load_editor", load)
+    works = service.diffusion_status("ffhq")
+    assert "DeltaEdit-G still works" in works and "--weights-dir" not in works
+    with pytest.raises(WeightsError, match="The DeltaEdit-D tab says more"):
+        service.edit("diffusion", "ffhq", target="face with a smile", steps=5)
+    neither = service.diffusion_status("toy")
+    assert "neither are DeltaEdit-G's" in neither and "still works" not in neither
+
+
+def test_ffhq_sample_examples_need_no_files_and_are_offered_only_with_weights(monkeypatch, tmp_path):
+    from fixtures_ffhq import isolate_weights_env
+
+    rows = [row for kind in ("gan", "compare") for row in service.sample_examples("ffhq", kind)]
+    assert rows and all(isinstance(seed, int) for seed, _, _ in rows)
+    assert any("\n" in target for _, _, target in rows)  # several targets
+    assert any(source != service.neutral_text("ffhq") for _, source, _ in rows)  # a source -> target pair
+    assert service.sample_examples("toy", "gan") == []
+    isolate_weights_env(monkeypatch, tmp_path)
+    assert not service.samples_available("ffhq")

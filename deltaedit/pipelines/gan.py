@@ -33,7 +33,7 @@ from PIL import Image
 from .. import models
 from ..config import DomainConfig, load_domain_config
 from ..errors import InputError
-from ..imageio import load_image, pixels_to_pils, tensors_to_pixels, to_tensor
+from ..imageio import center_square, load_image, pixels_to_pils, tensors_to_pixels, to_tensor
 from ..nn.e4e import encode
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 from ..refine import refine_style_deltas
@@ -145,7 +145,7 @@ def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
         raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(targets)} lines")
     cleaned = [t.strip() for t in targets if t is not None and t.strip()]
     if not cleaned:
-        raise InputError("the target text is empty: describe the edit, e.g. 'face with smile'")
+        raise InputError("the target text is empty: describe the edit, e.g. 'face with a smile'")
     if len(cleaned) > MAX_TARGETS:
         raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(cleaned)}")
     for number, target in enumerate(cleaned, 1):
@@ -295,6 +295,9 @@ class GanEditor:
             face = pil
             if align and self.config.align_faces:
                 face, notices = self.aligner.align(pil)
+            else:  # a centred square, never a squashed picture (the shown input is this square)
+                face, cropped = center_square(pil)
+                notices = [cropped] if cropped else []
             encoder, latent_avg = self.encoder
             x = to_tensor(face, self.config.encoder.input_size).to(self.device)
             w = encode(encoder, latent_avg, x)
