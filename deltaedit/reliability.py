@@ -282,7 +282,7 @@ def hostile_cases(files: dict[str, Path]) -> list[Case]:
     from gradio_client import handle_file
 
     def image(name: str, expect: str, match: str = "") -> Case:
-        request = dict(EDIT, image=handle_file(files[name]), target="face with smile", api_name="/edit_gan")
+        request = dict(EDIT, image=handle_file(files[name]), target="face with a smile", api_name="/edit_gan")
         return Case(f"image {name}", "image", request, expect, match)
 
     def prompt(name: str, expect: str, match: str = "", **change) -> Case:
@@ -291,7 +291,7 @@ def hostile_cases(files: dict[str, Path]) -> list[Case]:
         )
 
     def number(name: str, match: str, api_name: str = "/edit_gan", **change) -> Case:
-        request = dict(EDIT, image=None, target="face with smile", api_name=api_name, **change)
+        request = dict(EDIT, image=None, target="face with a smile", api_name=api_name, **change)
         if api_name == "/edit_diffusion":
             request.setdefault("steps", 10)
         return Case(f"number {name}", "number", request, "error", match)
@@ -316,7 +316,7 @@ def hostile_cases(files: dict[str, Path]) -> list[Case]:
         prompt("empty", "error", r"target text is empty", target=""),
         prompt("spaces only", "error", r"target text is empty", target="   \n\t  "),
         prompt("10,000 characters", "error", r"limit is 300", target=("face with a big smile " * 500)[:10_000]),
-        prompt("10,000-character source", "error", r"source text .*limit is 300", target="face with smile", source="x" * 10_000),
+        prompt("10,000-character source", "error", r"source text .*limit is 300", target="face with a smile", source="x" * 10_000),
         prompt("77 tokens in 200 characters", "ok", r"too long", target="face with " + "a " * 90),
         prompt("control characters", "ok", target="face\x00 with\x1b[31m smile\x07\r"),
         prompt("mixed scripts and emoji", "ok", target="face with 笑顔 улыбка ابتسامة 😀👓"),
@@ -343,9 +343,9 @@ def hostile_cases(files: dict[str, Path]) -> list[Case]:
 
 # Each public endpoint's inputs in order; the image goes where `None` stands.
 SERVER_PATH_ENDPOINTS = {
-    "/edit_gan": ["toy", None, "face", "face with smile", 1.0, 0.03, 0, True],
-    "/edit_diffusion": ["toy", None, "face", "face with smile", 1.0, 0.03, 5, 0, True],
-    "/compare": ["toy", None, "face", "face with smile", 1.0, 0.03, 5, 0, True],
+    "/edit_gan": ["toy", None, "face", "face with a smile", 1.0, 0.03, 0, True],
+    "/edit_diffusion": ["toy", None, "face", "face with a smile", 1.0, 0.03, 5, 0, True],
+    "/compare": ["toy", None, "face", "face with a smile", 1.0, 0.03, 5, 0, True],
 }
 BIG_FILE_BYTES = 150 * 2**20
 
@@ -516,7 +516,7 @@ def run_hostile(url: str, app: LaunchedApp | None = None, timeout_s: float = 120
             Case(
                 "ordinary edit afterwards",
                 "health",
-                dict(EDIT, image=None, target="face with smile", api_name="/edit_gan"),
+                dict(EDIT, image=None, target="face with a smile", api_name="/edit_gan"),
                 "ok",
             )
         )
@@ -604,8 +604,8 @@ def disk_mb(folder: Path | None) -> float:
 # ---------------------------------------------------------------- abuse: one visitor against the public Space
 
 ATTACKER = "127.0.0.1"
-GAN_CALL = ["toy", None, "face", "face with smile", 0.85, 0.1, 0, True]
-D_CALL = ["toy", None, "face", "face with smile", 0.85, 0.1, 50, 0, True]
+GAN_CALL = ["toy", None, "face", "face with a smile", 0.85, 0.1, 0, True]
+D_CALL = ["toy", None, "face", "face with a smile", 0.85, 0.1, 50, 0, True]
 ABUSE_ROWS = {
     1: "direct /run and /api routes",
     2: "one 40,000-letter target; a 1 MB one",
