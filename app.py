@@ -47,7 +47,8 @@ log = logging.getLogger("deltaedit.app")
 
 # ZeroGPU attaches the GPU and moves the weights onto it per call: a captured CUDA graph would keep
 # the addresses of the call that captured it, so DeltaEdit-D runs its UNet eagerly there.
-if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+if ZERO_GPU:
     os.environ.setdefault("DELTAEDIT_CUDA_GRAPHS", "0")
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
@@ -97,7 +98,20 @@ service.OUTPUTS.path  # noqa: B018 - create the download folder in this process,
 
 @on_gpu(duration=60)
 def _gpu_edit(backbone, **request):
-    return service.edit(backbone, **request)
+    view = service.edit(backbone, **request)
+    if ZERO_GPU:  # a kept plan holds GPU tensors, which must not leave the GPU worker
+        view.extra.pop("plan", None)
+    return view
+
+
+@on_gpu(duration=30)
+def _gpu_redraw(session, strength):
+    return service.redraw(session, strength)
+
+
+@on_gpu(duration=120)
+def _gpu_sweep(backbone, **request):
+    return service.sweep(backbone, **request)
 
 
 @on_gpu(duration=120)
@@ -153,25 +167,98 @@ def _start(progress, what: str) -> None:
 @user_errors
 def edit_gan(
     domain, image, source, target, strength, threshold, seed, align=True,
+    request: gr.Request = None,
     progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
 ):  # fmt: skip
     """DeltaEdit-G: edit `image` (or, with no image, the sample drawn by `seed`) toward each target line.
 
     Returns (before/after pair, gallery of every edit, PNG files, Markdown summary with the time).
+    The edit is kept for the session, so that moving the strength slider redraws it (`redraw_gan`).
     """
     _start(progress, "DeltaEdit-G: editing")
-    return _edit_outputs(
-        _gpu_edit(
-            "gan",
-            domain=domain,
-            image=image,
-            source=source,
-            target=target,
-            strength=strength,
-            threshold=threshold,
-            seed=seed,
-            align=align,
-        )
+    view = _gpu_edit(
+        "gan",
+        domain=domain,
+        image=image,
+        source=source,
+        target=target,
+        strength=strength,
+        threshold=threshold,
+        seed=seed,
+        align=align,
+    )
+    _keep_plan(request, domain, view)
+    return _edit_outputs(view)
+
+
+def _keep_plan(request, domain, view) -> None:
+    session = getattr(request, "session_hash", None)
+    if session and view.extra.get("plan") is not None:
+        service.PLANS.keep(domain, view.extra["plan"], token=session)
+
+
+def redraw_gan(strength, backbone, request: gr.Request = None):
+    """The strength slider let go on the DeltaEdit-G tab: the session's last edit redrawn at the new
+    strength from its kept Δs (one generator decode; no text, mapper or encoder work)."""
+    session = getattr(request, "session_hash", None)
+    if backbone != "gan" or not service.PLANS.has(session):
+        return (gr.skip(),) * 4  # nothing of this session's to redraw (or another tab is shown)
+    try:
+        return _edit_outputs(_gpu_redraw(session, strength))
+    except DeltaEditError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def forget_plan(request: gr.Request) -> None:
+    service.PLANS.drop(getattr(request, "session_hash", None))
+
+
+@user_errors
+def edit_by_example(
+    domain, image, example_a, example_b, reference, source, target, strength, threshold, steps, seed,
+    align=True, backbone="gan",
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
+):  # fmt: skip
+    """Edit by pictures: do to the face what changes `example_a` into `example_b`, and/or move it
+    toward `reference`; `target` text lines (optional here) are edited alongside. `backbone`: "gan"
+    or "diffusion" (`steps` DDIM steps)."""
+    if backbone not in service.BACKBONE_NAMES:
+        raise gr.Error(f"backbone must be one of {', '.join(service.BACKBONE_NAMES)}, got {backbone!r}")
+    _start(progress, f"{service.BACKBONE_NAMES[backbone]}: editing by example")
+    request = dict(
+        domain=domain, image=image, source=source, target=target, strength=strength, threshold=threshold,
+        seed=seed, align=align, example_a=example_a, example_b=example_b, reference=reference,
+    )  # fmt: skip
+    if backbone == "diffusion":
+        request["steps"] = int(steps)
+    return _edit_outputs(_gpu_edit(backbone, **request))
+
+
+@user_errors
+def sweep(
+    domain, image, source, target, strength, threshold, steps, seed, align=True, backbone="gan", frames=7,
+    progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
+):  # fmt: skip
+    """The first target line's edit at `frames` strengths from 0 to twice `strength`, in one batched
+    decode: (the frames with their strengths, a looping GIF of them, Markdown summary)."""
+    if backbone not in service.BACKBONE_NAMES:
+        raise gr.Error(f"backbone must be one of {', '.join(service.BACKBONE_NAMES)}, got {backbone!r}")
+    _start(progress, f"{service.BACKBONE_NAMES[backbone]}: a strength sweep")
+    request = dict(
+        domain=domain, image=image, source=source, target=target, strength=strength, threshold=threshold,
+        seed=seed, align=align, count=int(frames),
+    )  # fmt: skip
+    if backbone == "diffusion":
+        request["steps"] = int(steps)
+    view = _gpu_sweep(backbone, **request)
+    return view.frames, str(view.animation), view.summary
+
+
+@user_errors
+def example_by_example(domain, image, example_a, example_b, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    strength, threshold = service.edit_defaults(domain, "gan")
+    return edit_by_example(
+        domain, image, example_a, example_b, None, None, "", strength, threshold, 50, 0, progress=progress
     )
 
 
@@ -313,8 +400,8 @@ def example_compare(domain, image, source, target, progress=gr.Progress(track_tq
 
 def tab_defaults(domain, backbone):
     """The sliders follow the selected tab: that backbone's strength and threshold for the domain
-    (Compare shows DeltaEdit-G's), and the sliders count as not moved."""
-    strength, threshold = service.edit_defaults(domain, "gan" if backbone == "compare" else backbone)
+    (Compare, By example and Sweep show DeltaEdit-G's), and the sliders count as not moved."""
+    strength, threshold = service.edit_defaults(domain, "diffusion" if backbone == "diffusion" else "gan")
     return strength, threshold, False
 
 
@@ -450,6 +537,8 @@ CSS = """
   border: 0; border-radius: 0; overflow-wrap: anywhere;
 }
 #deltaspace-pictures .fixed-height { min-height: 0; max-height: none; }
+/* The sweep's frames share the strip's width (Gradio gives each 100 px, so 7 overflowed). */
+#sweep-strip .grid-container { grid-template-columns: repeat(auto-fill, minmax(56px, 1fr)) !important; }
 [id^=examples-] td { white-space: pre-line; }
 #input-image img, .before-after img, .result-image img, .result-gallery img {
   image-rendering: pixelated;
@@ -611,6 +700,60 @@ def build_demo() -> gr.Blocks:
                         _sample_examples(
                             "compare", [domain, seed, source, target], compare_outputs, example_compare_sample, image
                         )
+                    with gr.Tab("By example") as example_tab:
+                        gr.Markdown(
+                            "Show the change instead of writing it. **A → B**: two pictures of another"
+                            " face, before and after; the edit does that to your face. **Reference**:"
+                            " your face moves toward it; the disentanglement threshold decides how much"
+                            " of it comes along (higher: less). Target text, if any, is edited alongside.",
+                            elem_id="by-example-note",
+                        )
+                        with gr.Row():
+                            example_a = _picture_input("Example A (before)", "example-a")
+                            example_b = _picture_input("Example B (after)", "example-b")
+                            reference = _picture_input("Reference (move toward)", "reference")
+                        example_backbone = gr.Radio(
+                            [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan",
+                            label="Backbone", elem_id="example-backbone",
+                        )  # fmt: skip
+                        example_button = gr.Button("Edit by example", variant="primary", elem_id="edit-example")
+                        example_outputs = _edit_result_components("example")
+                        gr.Examples(
+                            examples=[
+                                [DEFAULT_DOMAIN, str(EXAMPLES_DIR / face), str(EXAMPLES_DIR / f"{pair}_a.png"),
+                                 str(EXAMPLES_DIR / f"{pair}_b.png")]
+                                for face, pair in (("toy_black_hair.png", "toy_pair_glasses"),
+                                                   ("toy_red_hair.png", "toy_pair_blond"))
+                            ],  # fmt: skip
+                            inputs=[domain, image, example_a, example_b],
+                            outputs=example_outputs,
+                            fn=example_by_example,
+                            cache_examples=True,
+                            cache_mode="lazy",
+                            api_visibility="private",
+                            label="Examples (toy faces): a click switches the domain to Toy faces and runs it",
+                            elem_id="examples-by-example",
+                        )
+                    with gr.Tab("Sweep") as sweep_tab:
+                        gr.Markdown(
+                            "The first target line at several strengths, from 0 (the reconstruction) to"
+                            " twice the Strength slider, in one batched decode."
+                        )
+                        with gr.Row():
+                            sweep_backbone = gr.Radio(
+                                [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan",
+                                label="Backbone", elem_id="sweep-backbone",
+                            )  # fmt: skip
+                            sweep_frames = NumberSlider(
+                                2, service.MAX_SWEEP_FRAMES, value=7, step=1, label="Frames", elem_id="sweep-frames"
+                            )
+                        sweep_button = gr.Button("Sweep the strength", variant="primary", elem_id="sweep-run")
+                        sweep_strip = gr.Gallery(
+                            label="Strength sweep", columns=7, height="auto", object_fit="contain", format="png",
+                            preview=False, elem_id="sweep-strip", elem_classes="result-gallery caption-below",
+                        )  # fmt: skip
+                        sweep_file = gr.File(label="Animation (GIF)", elem_id="sweep-animation")
+                        sweep_info = gr.Markdown(elem_id="sweep-info")
                     with gr.Tab("DeltaSpace") as deltaspace_tab:
                         ds_text = gr.Markdown("Computing the toy domain's alignment report…")
                         # Label and titles above the plots, each plot whole (no inner scroll).
@@ -637,6 +780,23 @@ def build_demo() -> gr.Blocks:
         d_button.click(
             edit_diffusion, inputs=d_inputs, outputs=d_outputs, api_name="edit_diffusion", js=close_toasts(d_inputs)
         ).success(show_seed_sample, inputs=[domain, image, seed], outputs=seed_sample, api_visibility="private")
+        example_inputs = [domain, image, example_a, example_b, reference, source, target, strength, threshold]
+        example_inputs += [steps, seed, align, example_backbone]
+        example_button.click(
+            edit_by_example, inputs=example_inputs, outputs=example_outputs, api_name="edit_by_example",
+            js=close_toasts(example_inputs),
+        )  # fmt: skip
+        sweep_inputs = [*common, steps, seed, align, sweep_backbone, sweep_frames]
+        sweep_button.click(
+            sweep, inputs=sweep_inputs, outputs=[sweep_strip, sweep_file, sweep_info], api_name="sweep",
+            js=close_toasts(sweep_inputs),
+        )  # fmt: skip
+        # The live strength slider: letting go of it redraws the session's last DeltaEdit-G edit.
+        strength.release(
+            redraw_gan, inputs=[strength, backbone_tab], outputs=gan_outputs, trigger_mode="always_last",
+            api_visibility="private",
+        )  # fmt: skip
+        demo.unload(forget_plan)
         compare_inputs = [*common, compare_steps, seed, align, sliders_moved]
         compare_button.click(
             compare,
@@ -655,7 +815,10 @@ def build_demo() -> gr.Blocks:
             relabel, inputs=cmp_info, outputs=[cmp_source, cmp_gan, cmp_d], api_visibility="private"
         )
         vocabulary.click(use_phrase, inputs=vocabulary, outputs=target, api_visibility="private")
-        for tab, backbone in ((gan_tab, "gan"), (d_tab, "diffusion"), (compare_tab, "compare")):
+        for tab, backbone in (
+            (gan_tab, "gan"), (d_tab, "diffusion"), (compare_tab, "compare"), (example_tab, "example"),
+            (sweep_tab, "sweep"),
+        ):  # fmt: skip
             tab.select(lambda b=backbone: b, outputs=backbone_tab, api_visibility="private").then(
                 tab_defaults,
                 inputs=[domain, backbone_tab],
@@ -725,6 +888,13 @@ def _tab_examples(kind: str, inputs, outputs, fn, label: str) -> gr.Examples:
         label=label,
         elem_id=f"examples-{kind}",
     )
+
+
+def _picture_input(label: str, elem_id: str) -> PhotoInput:
+    return PhotoInput(
+        label=label, type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
+        height=150, elem_id=elem_id,
+    )  # fmt: skip
 
 
 def _edit_result_components(backbone: str):

@@ -49,6 +49,7 @@ OUT_OF_MEMORY = (
 # target lines (16 lines at 50 steps, or 4 at 200), so no single request holds the queue for long.
 MAX_DDIM_STEPS = 200
 MAX_DIFFUSION_WORK = 800
+MAX_SWEEP_FRAMES = 12
 MAX_NOTICE_CHARS = 300  # a 10,000-character prompt must not fill the page (or the log) twice over
 # A report computed offline (`python -m deltaedit analyze --domain toy --out assets/deltaspace`).
 CACHED_REPORT_DIR = REPO_ROOT / "assets" / "deltaspace"
@@ -305,12 +306,20 @@ class OutputStore:
 
     def prune(self) -> None:
         cutoff = time.time() - self.max_age_s
-        for old in self.path.glob("*.png"):
+        for old in [*self.path.glob("*.png"), *self.path.glob("*.gif")]:
             try:
                 if old.stat().st_mtime < cutoff:
                     old.unlink()
             except FileNotFoundError:  # pruned by a concurrent request
                 pass
+
+    def save_animation(self, frames: list[Image.Image], stem: str) -> Path:
+        """A looping GIF of `frames` for download (named like `save`'s PNGs)."""
+        from .imageio import save_animation
+
+        self.prune()
+        safe = "".join(c if c.isalnum() else "_" for c in stem)[:40].strip("_") or "sweep"
+        return save_animation(frames, self.path / f"{safe}-{uuid.uuid4().hex[:8]}.gif")
 
     def save(self, image: Image.Image, stem: str) -> Path:
         self.prune()
@@ -447,34 +456,46 @@ def edit(
     seed=0,
     align: bool = True,
     steps: int | None = None,
+    example_a=None,
+    example_b=None,
+    reference=None,
 ) -> EditView:
     """Edit a photo (path, bytes or PIL) or, with no image, the seeded random sample.
 
-    `target` holds one prompt per line; each gives one edited image.
+    `target` holds one prompt per line; each gives one edited image. Pictures can say what to
+    change too (alongside the text, or instead of it): `example_a` and `example_b` (do to the face
+    what changes A into B) and `reference` (move the face toward it). A DeltaEdit-G edit keeps its
+    plan (`view.extra["plan"]`) so that `redraw` can show it at another strength.
     """
     if backbone not in BACKBONE_NAMES:
         raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
     t0 = time.perf_counter()
+    pictures = example_pictures(example_a, example_b, reference)
     # Text and cost are checked before any model (or tokenizer) sees the request.
-    lines = normalise_targets(target)
+    lines = normalise_targets(target) if (target or "").strip() or not pictures else []
     normalise_source(source)
     if backbone == "diffusion":
-        steps = check_diffusion_work(steps if steps is not None else 50, len(lines))
+        steps = check_diffusion_work(steps if steps is not None else 50, len(lines) + len(pictures))
     seed = check_seed(seed)
     editor = get_editor(domain, backbone)
-    with gpu_memory_guard(), upload_errors(image):
+    plan = None
+    with gpu_memory_guard(), upload_errors(image), picture_errors(example_a, example_b, reference):
         codes = editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
         kwargs = dict(
             codes=codes,
-            targets=target,
+            targets=target if lines else None,
             source=source,
             strength=strength,
             threshold=threshold,
             align=bool(align),
+            **pictures,
         )
         if backbone == "diffusion":
             kwargs["steps"] = steps if steps is not None else 50
-        result = editor.edit(**kwargs)
+            result = editor.edit(**kwargs)
+        else:
+            plan = editor.plan(**kwargs)
+            result = editor.decode_plan(plan)
     seconds = time.perf_counter() - t0
     view = EditView(
         backbone=backbone,
@@ -482,9 +503,9 @@ def edit(
         edited_images=list(result.edited_images),
         targets=list(result.targets),
         files=[],
-        notices=list(result.notices) + _nothing_changed(domain, result),
+        notices=list(result.notices) + _nothing_changed(domain, result, len(lines)),
         seconds=seconds,
-        extra={"timings": dict(result.timings), "seed": None if image is not None else seed},
+        extra={"timings": dict(result.timings), "seed": None if image is not None else seed, "plan": plan},
         input_image=codes_image(codes),
         strength=result.strength,
         threshold=result.threshold,
@@ -495,13 +516,176 @@ def edit(
     return view
 
 
-def _nothing_changed(domain: str, result) -> list[str]:
+def example_pictures(example_a=None, example_b=None, reference=None) -> dict:
+    """The picture arguments of an editor's `edit`: {"example": (A, B), "reference": R}, as given."""
+    if (example_a is None) != (example_b is None):
+        raise InputError("an edit by example needs both pictures: A (before) and B (after)")
+    pictures = {}
+    if example_a is not None:
+        pictures["example"] = (example_a, example_b)
+    if reference is not None:
+        pictures["reference"] = reference
+    return pictures
+
+
+@contextlib.contextmanager
+def picture_errors(example_a=None, example_b=None, reference=None):
+    """Messages about the example pictures name them ("example picture A"), never a server path."""
+    try:
+        yield
+    except InputError as exc:
+        message = str(exc)
+        for picture, name in ((example_a, "example picture A"), (example_b, "example picture B"),
+                              (reference, "the reference picture")):  # fmt: skip
+            if isinstance(picture, (str, os.PathLike)) and str(picture) in message:
+                message = message.replace(f"Image file {picture}", name.capitalize())
+                message = message.replace(f"image file {picture}", name).replace(str(picture), name)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
+
+
+class PlanStore:
+    """The last DeltaEdit-G edit of each of the page's sessions, kept so that moving the strength
+    slider redraws it without text, mapper or encoder work. Bounded: the oldest goes first; a
+    session's own is dropped when its page closes (the app's `unload` event)."""
+
+    def __init__(self, max_plans: int = 16):
+        self.max_plans = max_plans
+        self._plans: dict[str, tuple[str, object]] = {}
+        self._lock = threading.Lock()
+
+    def keep(self, domain: str, plan, token: str | None = None) -> str:
+        """Keep `plan` under `token` (the page's session; a new one when None), replacing its last."""
+        token = token or uuid.uuid4().hex
+        with self._lock:
+            self._plans.pop(token, None)  # the newest goes last: evicted last
+            self._plans[token] = (domain, plan)
+            while len(self._plans) > self.max_plans:
+                self._plans.pop(next(iter(self._plans)))
+        return token
+
+    def get(self, token) -> tuple[str, object]:
+        with self._lock:
+            kept = self._plans.get(token) if isinstance(token, str) else None
+        if kept is None:
+            raise InputError("the edit to redraw is no longer kept (the page was idle, or the server restarted): press Edit again")
+        return kept
+
+    def has(self, token) -> bool:
+        with self._lock:
+            return isinstance(token, str) and token in self._plans
+
+    def drop(self, token) -> None:
+        with self._lock:
+            self._plans.pop(token, None) if isinstance(token, str) else None
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+PLANS = PlanStore()
+
+
+def redraw(token, strength) -> EditView:
+    """A kept DeltaEdit-G edit (`PLANS`) decoded at `strength`: one generator decode. The summary
+    counts the text-encoder and mapper runs the redraw made (none)."""
+    t0 = time.perf_counter()
+    domain, plan = PLANS.get(token)
+    editor = get_editor(domain, "gan")
+    runs = [0]
+    hook = editor.mapper.register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    try:
+        with gpu_memory_guard():
+            result = editor.decode_plan(plan, strength)
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - t0
+    view = EditView(
+        backbone="gan",
+        source_image=result.source_image,
+        edited_images=list(result.edited_images),
+        targets=list(result.targets),
+        files=[],
+        notices=[],
+        seconds=seconds,
+        extra={"plan": plan, "mapper_runs": runs[0]},
+        strength=result.strength,
+        threshold=result.threshold,
+    )
+    view.summary = (
+        f"**DeltaEdit-G**: {len(view.targets)} edit(s) redrawn at strength {result.strength:g} in"
+        f" **{seconds:.2f} s** from the kept edit (mapper runs: {runs[0]}; no text or encoder work)."
+    )
+    return view
+
+
+@dataclass
+class SweepView:
+    frames: list[tuple[Image.Image, str]]  # (picture, caption "strength x")
+    animation: Path
+    summary: str
+
+
+def sweep(
+    backbone: str,
+    domain: str,
+    image=None,
+    source: str | None = None,
+    target: str = "",
+    strength: float | None = None,
+    threshold: float | None = None,
+    seed=0,
+    align: bool = True,
+    steps: int | None = None,
+    count: int = 7,
+) -> SweepView:
+    """The first target line's edit at `count` strengths from 0 to twice `strength` (the backbone's
+    default when None), in one batched decode (DeltaEdit-D: one inversion, one DDIM pass)."""
+    if backbone not in BACKBONE_NAMES:
+        raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    t0 = time.perf_counter()
+    lines = normalise_targets(target)[:1]
+    normalise_source(source)
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        raise InputError(f"the sweep's number of frames must be a whole number, got {count!r}") from None
+    if not 2 <= count <= MAX_SWEEP_FRAMES:
+        raise InputError(f"a sweep has 2 to {MAX_SWEEP_FRAMES} frames, got {count}")
+    request = {}
+    if backbone == "diffusion":
+        request["steps"] = check_diffusion_work(steps if steps is not None else 50, count)
+    seed = check_seed(seed)
+    editor = get_editor(domain, backbone)
+    with gpu_memory_guard(), upload_errors(image):
+        gan = getattr(editor, "gan", editor)  # DeltaEdit-D encodes through its generator's editor
+        codes = gan.sample(seed) if image is None else gan.encode_image(image, align=bool(align))
+        result = editor.sweep(
+            count=count, codes=codes, targets=lines, source=source, strength=strength, threshold=threshold,
+            align=bool(align), **request,
+        )  # fmt: skip
+    frames = [(frame, f"strength {a:.2f}") for frame, a in zip(result.frames, result.strengths)]
+    animation = OUTPUTS.save_animation([f for f, _ in frames], f"sweep-{backbone}-{result.target}")
+    seconds = time.perf_counter() - t0
+    summary = (
+        f"**{BACKBONE_NAMES[backbone]}**: “{_short(result.target)}” at {count} strengths from 0 to"
+        f" {result.strengths[-1]:g} in **{seconds:.2f} s** (one batched decode)."
+    )
+    summary += "".join(f"\n- ⚠️ {_short(n)}" for n in dict.fromkeys(result.notices))
+    return SweepView(frames, animation, summary)
+
+
+def _nothing_changed(domain: str, result, text_rows: int | None = None) -> list[str]:
     """A notice per target that changed nothing measurable (a target equal to the source text has
     the library's own notice), naming the nearest phrases the domain knows."""
     notices = []
+    text_rows = len(result.targets) if text_rows is None else text_rows  # picture rows have no phrase
     delta_s = getattr(result, "delta_s", None)
     same = " ".join((result.source_text or "").lower().split())
     for i in vocabulary.unchanged_targets(result):
+        if i >= text_rows:
+            continue
         target = result.targets[i]
         if " ".join(target.lower().split()) == same:
             continue

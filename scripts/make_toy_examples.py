@@ -22,6 +22,13 @@ EXAMPLES = {
     "toy_red_hair": FaceAttributes(
         hair_color="red", bangs="yes", skin_tone="tanned", clothes_color="purple", background_color="white"
     ),
+    # Example pairs for edits by example: another face, before (a) and after (b) one change.
+    "toy_pair_glasses_a": FaceAttributes(hair_color="brown", clothes_color="green", background_color="white"),
+    "toy_pair_glasses_b": FaceAttributes(
+        hair_color="brown", eyeglasses="yes", clothes_color="green", background_color="white"
+    ),
+    "toy_pair_blond_a": FaceAttributes(hair_color="black", skin_tone="pale", background_color="pink"),
+    "toy_pair_blond_b": FaceAttributes(hair_color="blond", skin_tone="pale", background_color="pink"),
 }
 
 if __name__ == "__main__":

@@ -466,3 +466,57 @@ def test_ffhq_with_official_format_weights_offers_sample_examples_and_runs_one(b
         assert visible_toasts(page).count() == 0
     finally:
         page.close()
+
+
+# ---------------------------------------------------------------- issue 28: live strength, by example, sweep
+
+
+def test_letting_go_of_the_strength_slider_redraws_the_edit_without_text_or_mapper(page):
+    upload(page)
+    edit(page, "gan", "face with eyeglasses")
+    after = page.locator("#before-after-gan img[data-testid=imageslider-image]").nth(1)
+    first = fetch_image(page, after.get_attribute("src"))
+    # Drag: the range input moves to 2.0 and is let go (Gradio's release event).
+    slider = page.locator("#strength input[type=range]")
+    slider.fill("2")
+    slider.dispatch_event("pointerup")
+    slider.dispatch_event("mouseup")
+    info = page.locator("#edit-info-gan")
+    info.get_by_text("redrawn at strength 2").wait_for(timeout=EDIT_TIMEOUT_MS)
+    # The server counted the mapper's runs during the redraw: none (and no text or encoder work).
+    assert "mapper runs: 0" in info.inner_text()
+    redrawn = fetch_image(page, after.get_attribute("src"))
+    assert changed_fraction(first, redrawn) > 0.01, "the redraw left the picture unchanged"
+
+
+def test_by_example_tab_edits_with_a_clicked_pair(page):
+    page.get_by_role("tab", name="By example").click()
+    rows = page.locator("#examples-by-example tbody tr")
+    rows.first.wait_for(timeout=10_000)
+    rows.first.click()
+    info = page.locator("#edit-info-example")
+    info.get_by_text("edit(s) in").wait_for(timeout=EDIT_TIMEOUT_MS)
+    layers = page.locator("#before-after-example img[data-testid=imageslider-image]")
+    layers.nth(1).wait_for(state="visible", timeout=30_000)
+    before = fetch_image(page, layers.nth(0).get_attribute("src"))
+    after = fetch_image(page, layers.nth(1).get_attribute("src"))
+    assert changed_fraction(before, after) > 0.02, "the example pair left the picture unchanged"
+    assert "by example" in page.locator("#gallery-example").inner_text()
+
+
+def test_sweep_tab_shows_a_strip_and_offers_the_animation(page):
+    page.locator("#target-text textarea").fill("face with eyeglasses")
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#sweep-run").click()
+    page.locator("#sweep-info").get_by_text("strengths from 0").wait_for(timeout=EDIT_TIMEOUT_MS)
+    frames = page.locator("#sweep-strip img")
+    frames.nth(6).wait_for(state="visible", timeout=30_000)
+    assert frames.count() == 7
+    # The whole strip is on screen: no frame cut off at the right.
+    grid = page.locator("#sweep-strip .grid-container")
+    assert grid.evaluate("g => g.scrollWidth <= g.clientWidth + 1")
+    assert page.locator("#sweep-strip").get_by_text("strength 0.85").count() == 1
+    first = fetch_image(page, frames.nth(0).get_attribute("src"))
+    last = fetch_image(page, frames.nth(6).get_attribute("src"))
+    assert changed_fraction(first, last) > 0.02
+    assert ".gif" in page.locator("#sweep-animation").inner_text()
