@@ -737,7 +737,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Tab("Sweep") as sweep_tab:
                         gr.Markdown(
                             "The first target line at several strengths, from 0 (the reconstruction) to"
-                            " twice the Strength slider, in one batched decode."
+                            " twice the Strength slider, in one batched decode; each frame's strength is under it."
                         )
                         with gr.Row():
                             sweep_backbone = gr.Radio(
@@ -749,7 +749,7 @@ def build_demo() -> gr.Blocks:
                             )
                         sweep_button = gr.Button("Sweep the strength", variant="primary", elem_id="sweep-run")
                         sweep_strip = gr.Gallery(
-                            label="Strength sweep", columns=7, height="auto", object_fit="contain", format="png",
+                            label="Strength sweep", show_label=False, columns=7, height="auto", object_fit="contain", format="png",
                             preview=False, elem_id="sweep-strip", elem_classes="result-gallery caption-below",
                         )  # fmt: skip
                         sweep_file = gr.File(label="Animation (GIF)", elem_id="sweep-animation")

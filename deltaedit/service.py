@@ -665,7 +665,7 @@ def sweep(
             count=count, codes=codes, targets=lines, source=source, strength=strength, threshold=threshold,
             align=bool(align), **request,
         )  # fmt: skip
-    frames = [(frame, f"strength {a:.2f}") for frame, a in zip(result.frames, result.strengths)]
+    frames = [(frame, f"{a:.2f}") for frame, a in zip(result.frames, result.strengths)]  # each frame's strength
     animation = OUTPUTS.save_animation([f for f, _ in frames], f"sweep-{backbone}-{result.target}")
     seconds = time.perf_counter() - t0
     summary = (

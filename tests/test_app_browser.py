@@ -515,7 +515,7 @@ def test_sweep_tab_shows_a_strip_and_offers_the_animation(page):
     # The whole strip is on screen: no frame cut off at the right.
     grid = page.locator("#sweep-strip .grid-container")
     assert grid.evaluate("g => g.scrollWidth <= g.clientWidth + 1")
-    assert page.locator("#sweep-strip").get_by_text("strength 0.85").count() == 1
+    assert page.locator("#sweep-strip .caption-label").nth(3).inner_text() == "0.85"
     first = fetch_image(page, frames.nth(0).get_attribute("src"))
     last = fetch_image(page, frames.nth(6).get_attribute("src"))
     assert changed_fraction(first, last) > 0.02
