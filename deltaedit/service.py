@@ -122,7 +122,7 @@ EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
         ("toy_black_hair.png", "face", "face with eyeglasses"),
         ("toy_brown_hair.png", "face with brown hair", "face with blond hair"),
         ("toy_glasses.png", "face", "face with bangs"),
-        ("toy_red_hair.png", "face", "chubby face"),
+        ("toy_red_hair.png", "face", "face with a smile"),
     ],
 }
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
