@@ -33,7 +33,15 @@ ENDPOINTS = {
     ],
     "/compare": ["domain", "image", "source", "target", "strength", "threshold", "steps", "seed", "align"],
     "/sample": ["domain", "seed"],
-}
+    "/edit_by_example": [
+        "domain", "image", "example_a", "example_b", "reference", "source", "target", "strength",
+        "threshold", "steps", "seed", "align", "backbone",
+    ],
+    "/sweep": [
+        "domain", "image", "source", "target", "strength", "threshold", "steps", "seed", "align", "backbone",
+        "frames",
+    ],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +206,37 @@ def test_an_edit_that_changes_nothing_says_so_and_suggests_known_phrases(client)
     assert np.array_equal(pixels(before), pixels(after))
     assert "changed nothing" in summary
     assert "face with blond hair" in summary  # "yellow" is not in the toy vocabulary; "blond" is
+
+
+@pytest.mark.parametrize("backbone", ["gan", "diffusion"])
+def test_edit_by_example_applies_a_pair_of_pictures(client, backbone):
+    if backbone == "diffusion" and not diffusion_weights_present():
+        pytest.skip("no toy DeltaEdit-D weights")
+    pairs = REPO / "assets" / "examples"
+    (before, after), gallery, files, summary = client.predict(
+        domain="toy", image=handle_file(EXAMPLE), example_a=handle_file(pairs / "toy_pair_glasses_a.png"),
+        example_b=handle_file(pairs / "toy_pair_glasses_b.png"), reference=None, source="face", target="",
+        strength=0.85, threshold=0.1, steps=10, seed=0, align=False, backbone=backbone,
+        api_name="/edit_by_example",
+    )  # fmt: skip
+    assert [item["caption"] for item in gallery] == ["by example (A → B)"]
+    assert_edited(before, after)
+    with pytest.raises(AppError, match="both pictures"):
+        client.predict(
+            domain="toy", image=None, example_a=handle_file(pairs / "toy_pair_glasses_a.png"), example_b=None,
+            reference=None, source="face", target="", strength=0.85, threshold=0.1, steps=10, seed=0,
+            align=False, backbone=backbone, api_name="/edit_by_example",
+        )  # fmt: skip
+
+
+def test_sweep_returns_its_frames_and_an_animation(client):
+    frames, animation, summary = client.predict(
+        domain="toy", image=None, source="face", target="face with eyeglasses", strength=0.85, threshold=0.1,
+        steps=10, seed=0, align=False, backbone="gan", frames=5, api_name="/sweep",
+    )  # fmt: skip
+    assert [item["caption"] for item in frames] == [f"{a:.2f}" for a in np.linspace(0, 1.7, 5)]
+    first, last = pixels(frames[0]["image"]), pixels(frames[-1]["image"])
+    assert np.abs(first - last).mean() > 0.5
+    with Image.open(animation) as gif:
+        assert gif.n_frames == 8
+    assert "5 strengths" in summary
