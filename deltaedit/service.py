@@ -492,10 +492,11 @@ def edit(
         )
         if backbone == "diffusion":
             kwargs["steps"] = steps if steps is not None else 50
-            result = editor.edit(**kwargs)
-        else:
+        if hasattr(editor, "plan"):  # DeltaEdit-G: keep the plan, so that `redraw` can reuse it
             plan = editor.plan(**kwargs)
             result = editor.decode_plan(plan)
+        else:
+            result = editor.edit(**kwargs)
     seconds = time.perf_counter() - t0
     view = EditView(
         backbone=backbone,
@@ -542,7 +543,7 @@ def picture_errors(example_a=None, example_b=None, reference=None):
                 message = message.replace(f"image file {picture}", name).replace(str(picture), name)
         if message == str(exc):
             raise
-        raise type(exc)(message) from exc
+        raise type(exc)(message[:1].upper() + message[1:]) from exc
 
 
 class PlanStore:

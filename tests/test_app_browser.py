@@ -240,7 +240,7 @@ def test_sliders_follow_the_tab_and_compare_uses_each_backbones_defaults(page):
 
 def test_known_phrases_are_offered_and_an_unknown_word_says_nothing_changed(page):
     chips = page.locator("#vocabulary")
-    assert chips.is_visible()
+    chips.wait_for(state="visible", timeout=30_000)  # rendered just after the photo box on a busy machine
     chips.get_by_text("face with bangs", exact=True).click()
     page.wait_for_function(
         "() => document.querySelector('#target-text textarea').value === 'face with bangs'"
