@@ -222,9 +222,7 @@ def edit_by_example(
     """Edit by pictures: do to the face what changes `example_a` into `example_b`, and/or move it
     toward `reference`; `target` text lines (optional here) are edited alongside. `backbone`: "gan"
     or "diffusion" (`steps` DDIM steps)."""
-    if backbone not in service.BACKBONE_NAMES:
-        raise gr.Error(f"backbone must be one of {', '.join(service.BACKBONE_NAMES)}, got {backbone!r}")
-    _start(progress, f"{service.BACKBONE_NAMES[backbone]}: editing by example")
+    _start(progress, f"{service.check_backbone(backbone)}: editing by example")
     request = dict(
         domain=domain, image=image, source=source, target=target, strength=strength, threshold=threshold,
         seed=seed, align=align, example_a=example_a, example_b=example_b, reference=reference,
@@ -241,9 +239,7 @@ def sweep(
 ):  # fmt: skip
     """The first target line's edit at `frames` strengths from 0 to twice `strength`, in one batched
     decode: (the frames with their strengths, a looping GIF of them, Markdown summary)."""
-    if backbone not in service.BACKBONE_NAMES:
-        raise gr.Error(f"backbone must be one of {', '.join(service.BACKBONE_NAMES)}, got {backbone!r}")
-    _start(progress, f"{service.BACKBONE_NAMES[backbone]}: a strength sweep")
+    _start(progress, f"{service.check_backbone(backbone)}: a strength sweep")
     request = dict(
         domain=domain, image=image, source=source, target=target, strength=strength, threshold=threshold,
         seed=seed, align=align, count=int(frames),

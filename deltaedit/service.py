@@ -354,15 +354,36 @@ def gpu_memory_guard():
 
 
 @contextlib.contextmanager
-def upload_errors(image):
-    """Messages about an uploaded file name "the uploaded image", never the server's temp path."""
+def upload_errors(image=None, example_a=None, example_b=None, reference=None):
+    """Messages about uploaded files name them ("the uploaded image", "example picture A", ...),
+    never the server's temp path."""
+    named = (
+        (image, "the uploaded image"), (example_a, "example picture A"), (example_b, "example picture B"),
+        (reference, "the reference picture"),
+    )  # fmt: skip
     try:
         yield
     except InputError as exc:
-        if not isinstance(image, (str, os.PathLike)) or str(image) not in str(exc):
+        message = str(exc)
+        for path, name in named:
+            if isinstance(path, (str, os.PathLike)) and str(path) in message:
+                message = message.replace(f"Image file {path}", name[:1].upper() + name[1:])
+                message = message.replace(f"image file {path}", name).replace(str(path), name)
+        if message == str(exc):
             raise
-        message = str(exc).replace(f"Image file {image}", "The uploaded image")
-        raise type(exc)(message.replace(f"image file {image}", "the uploaded image")) from exc
+        raise type(exc)(message[:1].upper() + message[1:]) from exc
+
+
+def check_backbone(backbone) -> str:
+    """The display name of a backbone id ("gan", "diffusion"); an InputError for any other."""
+    if backbone not in BACKBONE_NAMES:
+        raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    return BACKBONE_NAMES[backbone]
+
+
+def source_codes(editor, image, seed: int, align):
+    """The codes of the photo, or with no photo of the seed's random sample."""
+    return editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
 
 
 def _short(text: str) -> str:
@@ -467,8 +488,7 @@ def edit(
     what changes A into B) and `reference` (move the face toward it). A DeltaEdit-G edit keeps its
     plan (`view.extra["plan"]`) so that `redraw` can show it at another strength.
     """
-    if backbone not in BACKBONE_NAMES:
-        raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    check_backbone(backbone)
     t0 = time.perf_counter()
     pictures = example_pictures(example_a, example_b, reference)
     # Text and cost are checked before any model (or tokenizer) sees the request.
@@ -479,8 +499,8 @@ def edit(
     seed = check_seed(seed)
     editor = get_editor(domain, backbone)
     plan = None
-    with gpu_memory_guard(), upload_errors(image), picture_errors(example_a, example_b, reference):
-        codes = editor.sample(seed) if image is None else editor.encode_image(image, align=bool(align))
+    with gpu_memory_guard(), upload_errors(image, example_a, example_b, reference):
+        codes = source_codes(editor, image, seed, align)
         kwargs = dict(
             codes=codes,
             targets=target if lines else None,
@@ -527,23 +547,6 @@ def example_pictures(example_a=None, example_b=None, reference=None) -> dict:
     if reference is not None:
         pictures["reference"] = reference
     return pictures
-
-
-@contextlib.contextmanager
-def picture_errors(example_a=None, example_b=None, reference=None):
-    """Messages about the example pictures name them ("example picture A"), never a server path."""
-    try:
-        yield
-    except InputError as exc:
-        message = str(exc)
-        for picture, name in ((example_a, "example picture A"), (example_b, "example picture B"),
-                              (reference, "the reference picture")):  # fmt: skip
-            if isinstance(picture, (str, os.PathLike)) and str(picture) in message:
-                message = message.replace(f"Image file {picture}", name.capitalize())
-                message = message.replace(f"image file {picture}", name).replace(str(picture), name)
-        if message == str(exc):
-            raise
-        raise type(exc)(message[:1].upper() + message[1:]) from exc
 
 
 class PlanStore:
@@ -643,8 +646,7 @@ def sweep(
 ) -> SweepView:
     """The first target line's edit at `count` strengths from 0 to twice `strength` (the backbone's
     default when None), in one batched decode (DeltaEdit-D: one inversion, one DDIM pass)."""
-    if backbone not in BACKBONE_NAMES:
-        raise InputError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
+    check_backbone(backbone)
     t0 = time.perf_counter()
     lines = normalise_targets(target)[:1]
     normalise_source(source)
@@ -660,8 +662,7 @@ def sweep(
     seed = check_seed(seed)
     editor = get_editor(domain, backbone)
     with gpu_memory_guard(), upload_errors(image):
-        gan = getattr(editor, "gan", editor)  # DeltaEdit-D encodes through its generator's editor
-        codes = gan.sample(seed) if image is None else gan.encode_image(image, align=bool(align))
+        codes = source_codes(editor, image, seed, align)
         result = editor.sweep(
             count=count, codes=codes, targets=lines, source=source, strength=strength, threshold=threshold,
             align=bool(align), **request,
@@ -670,7 +671,7 @@ def sweep(
     animation = OUTPUTS.save_animation([f for f, _ in frames], f"sweep-{backbone}-{result.target}")
     seconds = time.perf_counter() - t0
     summary = (
-        f"**{BACKBONE_NAMES[backbone]}**: “{_short(result.target)}” at {count} strengths from 0 to"
+        f"**{check_backbone(backbone)}**: “{_short(result.target)}” at {count} strengths from 0 to"
         f" {result.strengths[-1]:g} in **{seconds:.2f} s** (one batched decode)."
     )
     summary += "".join(f"\n- ⚠️ {_short(n)}" for n in dict.fromkeys(result.notices))
