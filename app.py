@@ -98,10 +98,7 @@ service.OUTPUTS.path  # noqa: B018 - create the download folder in this process,
 
 @on_gpu(duration=60)
 def _gpu_edit(backbone, **request):
-    view = service.edit(backbone, **request)
-    if ZERO_GPU:  # a kept plan holds GPU tensors, which must not leave the GPU worker
-        view.extra.pop("plan", None)
-    return view
+    return service.edit(backbone, **request)
 
 
 @on_gpu(duration=30)
@@ -186,6 +183,7 @@ def edit_gan(
         threshold=threshold,
         seed=seed,
         align=align,
+        keep_plan=not ZERO_GPU,  # on ZeroGPU a plan's GPU tensors must not leave the GPU worker
     )
     _keep_plan(request, domain, view)
     return _edit_outputs(view)

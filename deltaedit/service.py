@@ -480,13 +480,15 @@ def edit(
     example_a=None,
     example_b=None,
     reference=None,
+    keep_plan: bool = False,
 ) -> EditView:
     """Edit a photo (path, bytes or PIL) or, with no image, the seeded random sample.
 
     `target` holds one prompt per line; each gives one edited image. Pictures can say what to
     change too (alongside the text, or instead of it): `example_a` and `example_b` (do to the face
-    what changes A into B) and `reference` (move the face toward it). A DeltaEdit-G edit keeps its
-    plan (`view.extra["plan"]`) so that `redraw` can show it at another strength.
+    what changes A into B) and `reference` (move the face toward it). With `keep_plan`, a
+    DeltaEdit-G edit returns its plan (`view.extra["plan"]`, tensors on the editor's device) so that
+    `redraw` can show it at another strength.
     """
     check_backbone(backbone)
     t0 = time.perf_counter()
@@ -512,7 +514,7 @@ def edit(
         )
         if backbone == "diffusion":
             kwargs["steps"] = steps if steps is not None else 50
-        if hasattr(editor, "plan"):  # DeltaEdit-G: keep the plan, so that `redraw` can reuse it
+        if keep_plan and hasattr(editor, "plan"):  # DeltaEdit-G: a plan `redraw` can reuse
             plan = editor.plan(**kwargs)
             result = editor.decode_plan(plan)
         else:
@@ -613,7 +615,7 @@ def redraw(token, strength) -> EditView:
         files=[],
         notices=[],
         seconds=seconds,
-        extra={"plan": plan, "mapper_runs": runs[0]},
+        extra={"mapper_runs": runs[0]},
         strength=result.strength,
         threshold=result.threshold,
     )

@@ -36,7 +36,8 @@ def test_kept_plans_are_bounded_and_a_lost_one_says_what_to_do():
 
 
 def test_a_redraw_reuses_the_kept_edit_and_a_sweep_gives_its_frames():
-    view = service.edit("gan", "toy", target="face with eyeglasses", seed=3)
+    view = service.edit("gan", "toy", target="face with eyeglasses", seed=3, keep_plan=True)
+    assert service.edit("gan", "toy", target="face with eyeglasses", seed=3).extra["plan"] is None
     token = service.PLANS.keep("toy", view.extra["plan"])
     redrawn = service.redraw(token, 1.4)
     assert redrawn.extra["mapper_runs"] == 0 and redrawn.strength == 1.4
