@@ -102,8 +102,10 @@ def _gpu_edit(backbone, **request):
 
 
 @on_gpu(duration=30)
-def _gpu_redraw(session, strength):
-    return service.redraw(session, strength)
+def _gpu_redraw(domain, plan, strength):
+    # The plan is passed in (CPU tensors), not looked up: a ZeroGPU worker does not share the
+    # main process's store.
+    return service.redraw_plan(domain, plan, strength)
 
 
 @on_gpu(duration=120)
@@ -170,7 +172,7 @@ def edit_gan(
     """DeltaEdit-G: edit `image` (or, with no image, the sample drawn by `seed`) toward each target line.
 
     Returns (before/after pair, gallery of every edit, PNG files, Markdown summary with the time).
-    The edit is kept for the session, so that moving the strength slider redraws it (`redraw_gan`).
+    The edit is kept for the session, so that moving the strength slider redraws it (`redraw_edit`).
     """
     _start(progress, "DeltaEdit-G: editing")
     view = _gpu_edit(
@@ -183,7 +185,7 @@ def edit_gan(
         threshold=threshold,
         seed=seed,
         align=align,
-        keep_plan=not ZERO_GPU,  # on ZeroGPU a plan's GPU tensors must not leave the GPU worker
+        keep_plan=True,
     )
     _keep_plan(request, domain, view)
     return _edit_outputs(view)
@@ -195,16 +197,20 @@ def _keep_plan(request, domain, view) -> None:
         service.PLANS.keep(domain, view.extra["plan"], token=session)
 
 
-def redraw_gan(strength, backbone, request: gr.Request = None):
-    """The strength slider let go on the DeltaEdit-G tab: the session's last edit redrawn at the new
-    strength from its kept Δs (one generator decode; no text, mapper or encoder work)."""
+def redraw_edit(strength, backbone, request: gr.Request = None):
+    """The strength slider let go on the DeltaEdit-G or DeltaEdit-D tab: the session's last edit on
+    that tab redrawn at the new strength from its kept Δs (DeltaEdit-G: one generator decode;
+    DeltaEdit-D: one decoding pass from the kept inversion; no text, mapper or encoder work).
+    Returns the G tab's four outputs, then the D tab's; the other tab's are left alone."""
     session = getattr(request, "session_hash", None)
-    if backbone != "gan" or not service.PLANS.has(session):
-        return (gr.skip(),) * 4  # nothing of this session's to redraw (or another tab is shown)
+    untouched = (gr.skip(),) * 4
+    if backbone not in ("gan", "diffusion") or service.PLANS.backbone(session) != backbone:
+        return untouched * 2  # nothing of this session's to redraw on the tab shown
     try:
-        return _edit_outputs(_gpu_redraw(session, strength))
+        outputs = _edit_outputs(_gpu_redraw(*service.PLANS.get(session), strength))
     except DeltaEditError as exc:
         raise gr.Error(str(exc)) from exc
+    return (*outputs, *untouched) if backbone == "gan" else (*untouched, *outputs)
 
 
 def forget_plan(request: gr.Request) -> None:
@@ -259,24 +265,27 @@ def example_by_example(domain, image, example_a, example_b, progress=gr.Progress
 @user_errors
 def edit_diffusion(
     domain, image, source, target, strength, threshold, steps, seed, align=True,
+    request: gr.Request = None,
     progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
 ):  # fmt: skip
-    """DeltaEdit-D: the same edit decoded by the style-conditioned diffusion model (`steps` DDIM steps)."""
+    """DeltaEdit-D: the same edit decoded by the style-conditioned diffusion model (`steps` DDIM steps).
+    The edit and its inversion are kept for the session, so that moving the strength slider redraws it."""
     _start(progress, f"DeltaEdit-D: inverting and sampling ({int(steps)} DDIM steps)")
-    return _edit_outputs(
-        _gpu_edit(
-            "diffusion",
-            domain=domain,
-            image=image,
-            source=source,
-            target=target,
-            strength=strength,
-            threshold=threshold,
-            seed=seed,
-            align=align,
-            steps=int(steps),
-        )
+    view = _gpu_edit(
+        "diffusion",
+        domain=domain,
+        image=image,
+        source=source,
+        target=target,
+        strength=strength,
+        threshold=threshold,
+        seed=seed,
+        align=align,
+        steps=int(steps),
+        keep_plan=True,
     )
+    _keep_plan(request, domain, view)
+    return _edit_outputs(view)
 
 
 @user_errors
@@ -785,9 +794,10 @@ def build_demo() -> gr.Blocks:
             sweep, inputs=sweep_inputs, outputs=[sweep_strip, sweep_file, sweep_info], api_name="sweep",
             js=close_toasts(sweep_inputs),
         )  # fmt: skip
-        # The live strength slider: letting go of it redraws the session's last DeltaEdit-G edit.
+        # The live strength slider: letting go of it redraws the session's last edit on the tab shown.
         strength.release(
-            redraw_gan, inputs=[strength, backbone_tab], outputs=gan_outputs, trigger_mode="always_last",
+            redraw_edit, inputs=[strength, backbone_tab], outputs=[*gan_outputs, *d_outputs],
+            trigger_mode="always_last",
             api_visibility="private",
         )  # fmt: skip
         demo.unload(forget_plan)

@@ -364,6 +364,18 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
             note=f"{runner}{design}; refine_steps {refine_steps}; naive column: no refinement",
         )
     ]
+    # The live strength slider: a kept plan (Δs and the inverted input) decoded at a new strength.
+    plan = editor.plan(codes=codes, targets=["face with eyeglasses"], steps=50)
+    live = _time(lambda: editor.decode_plan(plan, strength=1.3), 3, sync)
+    rows.append(
+        Row(
+            "DeltaEdit-D live strength re-edit (kept plan)",
+            live,
+            elapsed,
+            target="one decoding pass",
+            note=f"{live / elapsed:.2f}x the whole edit; no text, mapper, refinement or inversion",
+        )
+    )
     if str(device).startswith("cuda"):
         rows += _toy_precision_rows(editor, device)
         rows += _ffhq_sized_unet_rows(device)

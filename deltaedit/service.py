@@ -30,7 +30,9 @@ from .config import list_domains, load_domain_config
 from .errors import DeltaEditError, InputError, WeightsError
 from .fileio import atomic_write
 from .imageio import tensor_to_pil
+from .pipelines.diffusion_editor import DiffusionPlan
 from .pipelines.gan import normalise_source, normalise_targets
+from .pipelines.plans import moved_to
 
 log = logging.getLogger(__name__)
 
@@ -486,9 +488,9 @@ def edit(
 
     `target` holds one prompt per line; each gives one edited image. Pictures can say what to
     change too (alongside the text, or instead of it): `example_a` and `example_b` (do to the face
-    what changes A into B) and `reference` (move the face toward it). With `keep_plan`, a
-    DeltaEdit-G edit returns its plan (`view.extra["plan"]`, tensors on the editor's device) so that
-    `redraw` can show it at another strength.
+    what changes A into B) and `reference` (move the face toward it). With `keep_plan`, the edit
+    returns its plan (`view.extra["plan"]`: Δs, and for DeltaEdit-D the inverted input, on the
+    CPU so that it can leave a ZeroGPU worker) so that `redraw` can show it at another strength.
     """
     check_backbone(backbone)
     t0 = time.perf_counter()
@@ -514,9 +516,10 @@ def edit(
         )
         if backbone == "diffusion":
             kwargs["steps"] = steps if steps is not None else 50
-        if keep_plan and hasattr(editor, "plan"):  # DeltaEdit-G: a plan `redraw` can reuse
+        if keep_plan and hasattr(editor, "plan"):  # a plan `redraw` can reuse
             plan = editor.plan(**kwargs)
             result = editor.decode_plan(plan)
+            plan = moved_to(plan, "cpu")
         else:
             result = editor.edit(**kwargs)
     seconds = time.perf_counter() - t0
@@ -552,8 +555,8 @@ def example_pictures(example_a=None, example_b=None, reference=None) -> dict:
 
 
 class PlanStore:
-    """The last DeltaEdit-G edit of each of the page's sessions, kept so that moving the strength
-    slider redraws it without text, mapper or encoder work. Bounded: the oldest goes first; a
+    """The last edit of each of the page's sessions, kept so that moving the strength slider
+    redraws it without text, mapper, encoder or inversion work. Bounded: the oldest goes first; a
     session's own is dropped when its page closes (the app's `unload` event)."""
 
     def __init__(self, max_plans: int = 16):
@@ -582,6 +585,12 @@ class PlanStore:
         with self._lock:
             return isinstance(token, str) and token in self._plans
 
+    def backbone(self, token) -> str | None:
+        """Which backbone's edit `token` keeps ("gan", "diffusion"), or None."""
+        with self._lock:
+            kept = self._plans.get(token) if isinstance(token, str) else None
+        return None if kept is None else plan_backbone(kept[1])
+
     def drop(self, token) -> None:
         with self._lock:
             self._plans.pop(token, None) if isinstance(token, str) else None
@@ -593,22 +602,35 @@ class PlanStore:
 PLANS = PlanStore()
 
 
+def plan_backbone(plan) -> str:
+    """The backbone a kept plan decodes with."""
+    return "diffusion" if isinstance(plan, DiffusionPlan) else "gan"
+
+
 def redraw(token, strength) -> EditView:
-    """A kept DeltaEdit-G edit (`PLANS`) decoded at `strength`: one generator decode. The summary
-    counts the text-encoder and mapper runs the redraw made (none)."""
-    t0 = time.perf_counter()
+    """The edit `PLANS` keeps under `token`, decoded at `strength` (`redraw_plan`)."""
     domain, plan = PLANS.get(token)
-    editor = get_editor(domain, "gan")
+    return redraw_plan(domain, plan, strength)
+
+
+def redraw_plan(domain: str, plan, strength) -> EditView:
+    """A kept edit (`edit(keep_plan=True)`) decoded at `strength`: one generator decode for
+    DeltaEdit-G, one DDIM decoding pass from the kept inversion for DeltaEdit-D. The summary counts
+    the mapper runs the redraw made (none)."""
+    t0 = time.perf_counter()
+    backbone = plan_backbone(plan)
+    editor = get_editor(domain, backbone)
+    gan = editor.gan if backbone == "diffusion" else editor
     runs = [0]
-    hook = editor.mapper.register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    hook = gan.mapper.register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
     try:
         with gpu_memory_guard():
-            result = editor.decode_plan(plan, strength)
+            result = editor.decode_plan(moved_to(plan, gan.device), strength)
     finally:
         hook.remove()
     seconds = time.perf_counter() - t0
     view = EditView(
-        backbone="gan",
+        backbone=backbone,
         source_image=result.source_image,
         edited_images=list(result.edited_images),
         targets=list(result.targets),
@@ -619,9 +641,10 @@ def redraw(token, strength) -> EditView:
         strength=result.strength,
         threshold=result.threshold,
     )
+    work = "no text or encoder work" if backbone == "gan" else "no text, encoder or inversion work"
     view.summary = (
-        f"**DeltaEdit-G**: {len(view.targets)} edit(s) redrawn at strength {result.strength:g} in"
-        f" **{seconds:.2f} s** from the kept edit (mapper runs: {runs[0]}; no text or encoder work)."
+        f"**{BACKBONE_NAMES[backbone]}**: {len(view.targets)} edit(s) redrawn at strength {result.strength:g} in"
+        f" **{seconds:.2f} s** from the kept edit (mapper runs: {runs[0]}; {work})."
     )
     return view
 

@@ -471,19 +471,22 @@ def test_ffhq_with_official_format_weights_offers_sample_examples_and_runs_one(b
 # ---------------------------------------------------------------- issue 28: live strength, by example, sweep
 
 
-def test_letting_go_of_the_strength_slider_redraws_the_edit_without_text_or_mapper(page):
+@pytest.mark.parametrize(("backbone", "tab"), [("gan", "DeltaEdit-G"), ("diffusion", "DeltaEdit-D")])
+def test_letting_go_of_the_strength_slider_redraws_the_edit_without_text_or_mapper(page, backbone, tab):
     upload(page)
-    edit(page, "gan", "face with eyeglasses")
-    after = page.locator("#before-after-gan img[data-testid=imageslider-image]").nth(1)
+    page.get_by_role("tab", name=tab).click()
+    edit(page, backbone, "face with eyeglasses")
+    after = page.locator(f"#before-after-{backbone} img[data-testid=imageslider-image]").nth(1)
     first = fetch_image(page, after.get_attribute("src"))
     # Drag: the range input moves to 2.0 and is let go (Gradio's release event).
     slider = page.locator("#strength input[type=range]")
     slider.fill("2")
     slider.dispatch_event("pointerup")
     slider.dispatch_event("mouseup")
-    info = page.locator("#edit-info-gan")
+    info = page.locator(f"#edit-info-{backbone}")
     info.get_by_text("redrawn at strength 2").wait_for(timeout=EDIT_TIMEOUT_MS)
-    # The server counted the mapper's runs during the redraw: none (and no text or encoder work).
+    # The server counted the mapper's runs during the redraw: none (and no text or encoder work;
+    # DeltaEdit-D: no inversion either, tests/test_diffusion_redraw.py counts it).
     assert "mapper runs: 0" in info.inner_text()
     redrawn = fetch_image(page, after.get_attribute("src"))
     assert changed_fraction(first, redrawn) > 0.01, "the redraw left the picture unchanged"

@@ -339,6 +339,18 @@ class DiffusionEdit(NamedTuple):
     edits: torch.Tensor  # [T, 3, H, W] in [-1, 1]: decoded under s_source + α·Δs_i
 
 
+class Inversion(NamedTuple):
+    """A source inverted once (`DiffusionBackbone.invert_source`), ready to decode at any Δs."""
+
+    image: torch.Tensor  # [1, 3, H, W]: the input
+    s_source: torch.Tensor  # [1, S]
+    x_T: torch.Tensor  # [1, 3, H, W]: the end of the inverted chain
+    trajectory: list[torch.Tensor] | None  # the whole chain, with preserve_details
+    render_source: torch.Tensor | None  # R(s_source), for a rendering-conditioned model
+    steps: int
+    depth: float
+
+
 class DiffusionBackbone:
     """A trained `StyleConditionedUNet` and its noise schedule; inverts, decodes and edits images.
 
@@ -544,14 +556,7 @@ class DiffusionBackbone:
         pixels where the edit leaves the rendering alone (|R(s') − R(s)|, largest over channels,
         3x3 mean, at most the threshold) return the input's pixels instead (docs/deltaedit-d.md).
         """
-        if residual not in RESIDUAL_RULES:
-            raise InputError(f"residual must be one of {', '.join(RESIDUAL_RULES)}, got {residual!r}")
-        if change_threshold is not None and not (
-            isinstance(change_threshold, int | float)
-            and math.isfinite(change_threshold)
-            and change_threshold >= 0
-        ):
-            raise InputError(f"change_threshold must be a number >= 0 or None, got {change_threshold!r}")
+        _check_output_rule(residual, change_threshold)
         x0 = self._check_image(x0)
         if x0.shape[0] != 1:
             raise InputError(f"edit takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
@@ -561,45 +566,106 @@ class DiffusionBackbone:
         delta_s = self._check_style(delta_s, "delta_s")
         if not math.isfinite(float(strength)):
             raise InputError(f"strength must be a finite number, got {strength!r}")
-        n_steps = _depth_steps(steps, depth)
-        refine_last = None if refine_last is None else min(refine_last, n_steps)
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
         styles = torch.cat([s_source, s_source + float(strength) * delta_s])
         renders = self._check_render(render, styles)
-        image = x0
-        scale = self.residual_scale
-        if renders is not None:
-            x0 = x0 - renders[:1]  # the residual the generator misses
-        inverted = ddim_invert(
-            self.denoiser,
-            self.scheduler_config,
-            x0 if renders is None else x0 * scale,
+        inversion = self._invert(
+            x0,
             s_source,
             steps,
             refine,
             refine_last,
             preserve_details,
-            render=None if renders is None else renders[:1],
+            None if renders is None else renders[:1],
+            depth,
+        )
+        return self._decode(inversion, styles, renders, residual, change_threshold)
+
+    def invert_source(
+        self,
+        x0: torch.Tensor,
+        s_source: torch.Tensor,
+        steps: int = 50,
+        refine: int = 1,
+        refine_last: int | None = EDIT_REFINE_LAST,
+        preserve_details: bool = False,
+        render: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        depth: float = 1.0,
+    ) -> Inversion:
+        """The inverting half of `edit` (same arguments): x0 [1,3,H,W] inverted once under
+        s_source [1,S]. `decode_inversion` then decodes it at any Δs and strength, with no new
+        inversion (the app's live strength slider)."""
+        x0 = self._check_image(x0)
+        if x0.shape[0] != 1:
+            raise InputError(f"invert_source takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
+        s_source = self._check_style(s_source, "s_source")
+        if s_source.shape[0] != 1:
+            raise InputError(f"s_source must be [1, {self.style_dim}], got {tuple(s_source.shape)}")
+        renders = self._check_render(render, s_source)
+        return self._invert(x0, s_source, steps, refine, refine_last, preserve_details, renders, depth)
+
+    def decode_inversion(
+        self,
+        inversion: Inversion,
+        delta_s: torch.Tensor,
+        strength: float = 1.0,
+        render: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        residual: str = "decode",
+        change_threshold: float | None = None,
+    ) -> DiffusionEdit:
+        """The decoding half of `edit` for an `invert_source` result: one DDIM decoding pass under
+        s_source + strength·Δs [T,S] (`render`, `residual` and `change_threshold` as in `edit`)."""
+        _check_output_rule(residual, change_threshold)
+        delta_s = self._check_style(delta_s, "delta_s")
+        if not math.isfinite(float(strength)):
+            raise InputError(f"strength must be a finite number, got {strength!r}")
+        styles = torch.cat([inversion.s_source, inversion.s_source + float(strength) * delta_s])
+        renders = self._check_render(render, styles)
+        return self._decode(inversion, styles, renders, residual, change_threshold)
+
+    def _invert(
+        self, x0, s_source, steps, refine, refine_last, preserve_details, render_source, depth
+    ) -> Inversion:
+        n_steps = _depth_steps(steps, depth)
+        refine_last = None if refine_last is None else min(refine_last, n_steps)
+        # A rendering-conditioned model inverts the residual the generator misses, scaled.
+        target = x0 if render_source is None else (x0 - render_source) * self.residual_scale
+        inverted = ddim_invert(
+            self.denoiser,
+            self.scheduler_config,
+            target,
+            s_source,
+            steps,
+            refine,
+            refine_last,
+            preserve_details,
+            render=render_source,
             depth=depth,
         )
         x_T = inverted[-1] if preserve_details else inverted
+        trajectory = inverted if preserve_details else None
+        return Inversion(x0, s_source, x_T, trajectory, render_source, steps, depth)
+
+    def _decode(self, inversion: Inversion, styles, renders, residual, change_threshold) -> DiffusionEdit:
+        """Decode `inversion` under styles [1+T,S] (row 0 the source's own code) -> reconstruction, edits."""
         out = ddim_sample(
             self.denoiser,
             self.scheduler_config,
-            x_T.expand(styles.shape[0], -1, -1, -1),
+            inversion.x_T.expand(styles.shape[0], -1, -1, -1),
             styles,
-            steps,
-            trajectory=inverted if preserve_details else None,
+            inversion.steps,
+            trajectory=inversion.trajectory,
             render=renders,
-            depth=depth,
+            depth=inversion.depth,
         )
         if renders is None:
             out = out.clamp(-1, 1)
             return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
-        out = out / scale
+        image = inversion.image
+        out = out / self.residual_scale
         if residual == "shift":
             # The input's residual x0 − R(s) plus the UNet's change of it: D(s') − D(s), same x_T.
-            out = renders + x0 + (out - out[:1])
+            out = renders + (image - renders[:1]) + (out - out[:1])
         else:
             out = renders + out
         if change_threshold is not None:
@@ -607,6 +673,17 @@ class DiffusionBackbone:
             out = torch.where(keep, out, image)
         out = out.clamp(-1, 1)
         return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
+
+
+def _check_output_rule(residual: str, change_threshold) -> None:
+    if residual not in RESIDUAL_RULES:
+        raise InputError(f"residual must be one of {', '.join(RESIDUAL_RULES)}, got {residual!r}")
+    if change_threshold is not None and not (
+        isinstance(change_threshold, int | float)
+        and math.isfinite(change_threshold)
+        and change_threshold >= 0
+    ):
+        raise InputError(f"change_threshold must be a number >= 0 or None, got {change_threshold!r}")
 
 
 RESIDUAL_RULES = ("decode", "shift")

@@ -12,6 +12,7 @@ DeltaEdit-G does (`decode_s`: convs from s, ToRGB from the source's W+, fixed no
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -21,7 +22,7 @@ from .. import weights
 from ..config import load_domain_config
 from ..errors import InputError
 from ..nn.stylespace import decode_s
-from .diffusion import DiffusionBackbone, inference_dtype
+from .diffusion import DiffusionBackbone, Inversion, inference_dtype
 from .gan import (
     STRENGTH_RANGE,
     EditResult,
@@ -35,6 +36,24 @@ from .gan import (
 )
 
 STEPS_RANGE = (1, 1000)
+
+
+@dataclass
+class DiffusionPlan:
+    """A DeltaEdit-D edit up to its decoding (`DiffusionEditor.plan`): decodes at any strength from
+    the kept inversion."""
+
+    codes: SourceCodes
+    targets: list[str]
+    source_text: str
+    strength: float
+    threshold: float
+    delta_s: torch.Tensor  # [T, S] after relevance selection (and refinement), before strength
+    notices: list[str]
+    timings: dict[str, float]
+    inversion: Inversion
+    options: dict  # the residual rule and change mask of `DiffusionBackbone.decode_inversion`
+    renders: torch.Tensor | None  # R of [s, s + strength·Δs]: the plan's own strength, one pass
 
 
 class DiffusionEditor:
@@ -88,7 +107,7 @@ class DiffusionEditor:
         return x.float().clamp(-1, 1)
 
     @torch.no_grad()
-    def edit(
+    def plan(
         self,
         *,
         image=None,
@@ -106,16 +125,10 @@ class DiffusionEditor:
         change_threshold: float | None = None,
         example=None,
         reference=None,
-        sweep: list[float] | None = None,
-    ) -> EditResult:
-        """`depth`: the fraction of the DDIM chain the input is inverted through and decoded back
-        (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
-        rendering-conditioned model, `residual` ("decode" or "shift") and `change_threshold` (a
-        number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
-        `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
-        if unset). `example=(A, B)` and `reference=R` are edits given by pictures, as
-        `GanEditor.edit` takes them. `sweep` (see `DiffusionEditor.sweep`): the first target at these
-        strengths instead, one row each."""
+    ) -> DiffusionPlan:
+        """Everything of an edit but its decoding (arguments as `edit`): the source inverted once and
+        each target's Δs. `decode_plan` decodes it at any strength with one DDIM decoding pass and
+        no new text, mapper, encoder or inversion work (the app's live strength slider)."""
         t0 = time.perf_counter()
         gan = self.gan
         targets, source_text, strength, threshold = gan.resolve_request(
@@ -124,6 +137,7 @@ class DiffusionEditor:
         )  # fmt: skip
         steps = check_whole_number("steps", steps, STEPS_RANGE)
         refine_steps = gan.resolve_refine_steps(refine_steps, backbone="diffusion")
+        options = self._output_rule(residual, change_threshold)
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)
@@ -136,45 +150,81 @@ class DiffusionEditor:
             codes, delta_t, delta_s, strength, refine_steps, backbone="diffusion"
         )
         timings["mapper"] = time.perf_counter() - t
+        t = time.perf_counter()
+        x0 = self._input_image(codes)
+        if depth is None:
+            depth = float(self.config.extra.get("diffusion_depth", 1.0))
+        # The source and the edits at the plan's strength are rendered in one generator pass;
+        # the source's rendering is what the residual is inverted against.
+        renders = None
+        if self.backbone.render_channels:
+            renders = self.render_styles(codes, torch.cat([codes.s, codes.s + float(strength) * delta_s]))
+        inversion = self.backbone.invert_source(
+            x0, codes.s, steps, render=None if renders is None else renders[:1], depth=depth
+        )
+        timings["inversion"] = time.perf_counter() - t
+        return DiffusionPlan(
+            codes, targets, source_text, strength, threshold, delta_s, codes.notices + notices,
+            timings, inversion, options, renders,
+        )  # fmt: skip
+
+    def _output_rule(self, residual, change_threshold) -> dict:
+        """`DiffusionBackbone.decode_inversion`'s residual rule and change mask: the domain's
+        defaults for a rendering-conditioned model (see `edit`), nothing otherwise."""
+        if not self.backbone.render_channels:
+            return {}
+        if residual is None:
+            residual = str(self.config.extra.get("diffusion_residual", "decode"))
+        if change_threshold is None:
+            change_threshold = self.config.extra.get("diffusion_change_threshold")
+        if change_threshold is not None and change_threshold < 0:
+            change_threshold = None
+        return {"residual": residual, "change_threshold": change_threshold}
+
+    @torch.no_grad()
+    def decode_plan(
+        self, plan: DiffusionPlan, strength: float | None = None, sweep: list[float] | None = None
+    ) -> EditResult:
+        """The edits of `plan` at `strength` (default: the plan's): one DDIM decoding pass from the
+        kept inversion. `sweep`: the first target at these strengths instead, one row each."""
+        t0 = time.perf_counter()
+        codes, delta_s, targets = plan.codes, plan.delta_s, plan.targets
+        strength = plan.strength if strength is None else check_number("strength", strength, STRENGTH_RANGE)
         if sweep is not None:  # one row per strength, all from the same inversion
             alphas = torch.tensor(sweep, dtype=delta_s.dtype, device=delta_s.device).view(-1, 1)
             delta_s, strength = alphas * delta_s[:1], 1.0
             targets = [f"{targets[0]} (strength {a:g})" for a in sweep]
-        t = time.perf_counter()
-        x0 = self._input_image(codes)
+        s_edit = codes.s + strength * delta_s
         render = None
         if self.backbone.render_channels:
-            render = lambda styles: self.render_styles(codes, styles)  # noqa: E731 - R(s) of each row
-        if depth is None:
-            depth = float(self.config.extra.get("diffusion_depth", 1.0))
-        extra = {}
-        if render is not None:
-            if residual is None:
-                residual = str(self.config.extra.get("diffusion_residual", "decode"))
-            if change_threshold is None:
-                change_threshold = self.config.extra.get("diffusion_change_threshold")
-            if change_threshold is not None and change_threshold < 0:
-                change_threshold = None
-            extra = {"residual": residual, "change_threshold": change_threshold}
-        out = self.backbone.edit(
-            x0, codes.s, delta_s, strength=strength, steps=steps, render=render, depth=depth, **extra
-        )
-        timings["diffusion"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
+            if sweep is None and strength == plan.strength:
+                render = plan.renders  # rendered with the plan, in the same pass as the source
+            else:
+                render = torch.cat([plan.inversion.render_source, self.render_styles(codes, s_edit)])
+        out = self.backbone.decode_inversion(plan.inversion, delta_s, strength, render=render, **plan.options)
+        timings = dict(plan.timings)
+        timings["decoding"] = time.perf_counter() - t0
+        timings["diffusion"] = timings["inversion"] + timings["decoding"]
+        timings["total"] = sum(timings[k] for k in ("encode", "mapper", "diffusion"))
         return make_result(
-            codes,
-            out.reconstruction,
-            out.edits,
-            targets,
-            source_text,
-            strength,
-            threshold,
-            codes.s + strength * delta_s,
-            delta_s,
-            codes.notices + notices,
-            timings,
-            input_tensor=x0,
-        )
+            codes, out.reconstruction, out.edits, targets, plan.source_text, strength, plan.threshold,
+            s_edit, delta_s, plan.notices, timings, input_tensor=plan.inversion.image,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def edit(self, *, sweep: list[float] | None = None, **request) -> EditResult:
+        """Edit a source with DeltaEdit-D: `image=`, `latents=` or `codes=`; `targets`, `source`,
+        `strength`, `threshold`, `align`, `refine_steps`, `example=(A, B)` and `reference=R` as
+        `GanEditor.edit` takes them; `steps` DDIM steps.
+
+        `depth`: the fraction of the DDIM chain the input is inverted through and decoded back
+        (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
+        rendering-conditioned model, `residual` ("decode" or "shift") and `change_threshold` (a
+        number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
+        `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
+        if unset). `sweep` (see `DiffusionEditor.sweep`): the first target at these strengths
+        instead, one row each."""
+        return self.decode_plan(self.plan(**request), sweep=sweep)
 
     @torch.no_grad()
     def sweep(self, count: int = 7, strengths=None, **request) -> SweepResult:
@@ -195,7 +245,9 @@ class DiffusionEditor:
             request["targets"] = normalise_targets(targets)[:1]  # only the first target is swept
         result = self.edit(**request, sweep=strengths)
         target = result.targets[0].rsplit(" (strength ", 1)[0]
-        return SweepResult(list(result.edited_images), strengths, target, result.notices, dict(result.timings))
+        return SweepResult(
+            list(result.edited_images), strengths, target, result.notices, dict(result.timings)
+        )
 
 
 @cache
