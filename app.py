@@ -31,6 +31,7 @@ import reprlib
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -561,6 +562,46 @@ def _examples(kind: str) -> list[list[str]]:
 SAMPLE_DOMAIN = "ffhq"  # the domain whose examples are generator samples (no photo files)
 
 
+@dataclass
+class PageInputs:
+    """What every tab reads: the left column's inputs and the page's state."""
+
+    domain: gr.Dropdown
+    domain_status: gr.Markdown
+    # The selected tab ("gan", "diffusion", "compare", "example", "sweep"), and whether the user moved
+    # the strength or threshold slider since the tab (or domain) set them: Compare then uses the
+    # sliders for both backbones, otherwise each backbone's own defaults. API calls (no page) always
+    # use their values.
+    backbone_tab: gr.State
+    sliders_moved: gr.State
+    image: PhotoInput
+    seed: NumberField
+    sample_button: gr.Button
+    seed_sample: gr.Image
+    align: gr.Checkbox
+    source: gr.Textbox
+    target: gr.Textbox
+    vocabulary: gr.Dataset
+    vocabulary_box: gr.Column
+    strength: NumberSlider
+    threshold: NumberSlider
+
+    @property
+    def common(self) -> list:
+        """The inputs every edit endpoint starts with, in its API order."""
+        return [self.domain, self.image, self.source, self.target, self.strength, self.threshold]
+
+
+@dataclass
+class Tab:
+    """One tab: its `gr.Tab`, its run button and what its run writes (and its own inputs)."""
+
+    tab: gr.Tab
+    button: gr.Button | None = None
+    outputs: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DeltaEdit", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -568,281 +609,265 @@ def build_demo() -> gr.Blocks:
             f"Describe the change (“face with a smile”) and DeltaEdit edits the face: no per-prompt"
             f" training. [Paper]({PAPER}) · the **How it works** section is at the bottom."
         )
-        with gr.Row():
-            domain = gr.Dropdown(
-                choices=service.domain_choices(),
-                value=DEFAULT_DOMAIN,
-                label="Domain",
-                scale=1,
-                elem_id="domain-choice",
-            )
-            domain_status = gr.Markdown(STATUS[DEFAULT_DOMAIN], elem_id="domain-status")
-        # The selected tab ("gan", "diffusion", "compare"), and whether the user moved the strength or
-        # threshold slider since the tab (or domain) set them: Compare then uses the sliders for both
-        # backbones, otherwise each backbone's own defaults. API calls (no page) always use their values.
-        backbone_tab = gr.State("gan")
-        sliders_moved = gr.State(True)
+        page = _domain_row()
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
-                image = PhotoInput(
-                    label="Photo",
-                    placeholder="Drop a face photo here, or leave this empty to edit the seed's random sample",
-                    type="filepath",
-                    image_mode=None,
-                    format="png",
-                    sources=["upload", "clipboard"],
-                    height=260,
-                    elem_id="input-image",
-                )
-                with gr.Row():
-                    seed = NumberField(
-                        value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80
-                    )
-                    sample_button = gr.Button("Random sample", size="sm")
-                seed_sample = gr.Image(
-                    label="The seed's random sample", format="png", interactive=False, visible=False,
-                    height=200, elem_id="seed-sample", elem_classes="result-image", buttons=["download"],
-                )  # fmt: skip
-                aligns = service.aligns_faces(DEFAULT_DOMAIN)
-                align = gr.Checkbox(
-                    value=aligns,
-                    visible=aligns,
-                    label="Align face (FFHQ photos)",
-                    info="Crops and rotates a photo to the FFHQ face layout first; off for an already aligned face.",
-                    elem_id="align-face",
-                )
-                source = gr.Textbox(value=service.neutral_text(DEFAULT_DOMAIN), label="Source text")
-                target = gr.Textbox(
-                    label="Target text",
-                    info="One per line for several edits.",
-                    placeholder="face with a smile",
-                    lines=2,
-                    elem_id="target-text",
-                )
-                phrases = service.known_phrases(DEFAULT_DOMAIN)
-                with gr.Column(visible=bool(phrases)) as vocabulary_box:
-                    vocabulary = gr.Dataset(
-                        components=["textbox"],
-                        samples=[[p] for p in phrases],
-                        label="Phrases the toy model knows (its CLIP learned only these): click one to use it",
-                        layout="gallery",
-                        samples_per_page=len(phrases) or 10,
-                        elem_id="vocabulary",
-                    )
-                default_strength, default_threshold = service.edit_defaults(DEFAULT_DOMAIN, "gan")
-                strength = NumberSlider(
-                    -5, 5, value=default_strength, step=0.05, label="Strength", elem_id="strength"
-                )
-                threshold = NumberSlider(
-                    0,
-                    0.5,
-                    value=default_threshold,
-                    step=0.005,
-                    label="Disentanglement threshold",
-                    elem_id="threshold",
-                )
+                page = _input_column(*page)
             with gr.Column(scale=3, min_width=360):
                 with gr.Tabs():
-                    with gr.Tab("DeltaEdit-G") as gan_tab:
-                        gan_button = gr.Button("Edit with DeltaEdit-G", variant="primary", elem_id="edit-gan")
-                        gan_outputs = _edit_result_components("gan")
-                        _tab_examples(
-                            "gan",
-                            [domain, image, source, target],
-                            gan_outputs,
-                            example_gan,
-                            "Examples (toy faces): a click switches the domain to Toy faces and runs it",
-                        )
-                        _sample_examples("gan", [domain, seed, source, target], gan_outputs, example_gan_sample, image)
-                    with gr.Tab("DeltaEdit-D") as d_tab:
-                        d_notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN), elem_id="d-notice")
-                        steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps")
-                        d_button = gr.Button(
-                            "Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion"
-                        )
-                        d_outputs = _edit_result_components("diffusion")
-                        _tab_examples(
-                            "diffusion",
-                            [domain, image, source, target],
-                            d_outputs,
-                            example_diffusion,
-                            "Examples (toy faces, 50 DDIM steps): a click switches the domain to Toy faces"
-                            " and runs it",
-                        )
-                    with gr.Tab("Compare") as compare_tab:
-                        compare_note = gr.Markdown(
-                            service.defaults_note(DEFAULT_DOMAIN), elem_id="compare-note"
-                        )
-                        compare_steps = NumberSlider(
-                            5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps (D)"
-                        )
-                        compare_button = gr.Button("Run both", variant="primary", elem_id="compare-run")
-                        with gr.Row(elem_id="compare-images"):
-                            cmp_source = gr.Image(
-                                label="Input", format="png", height=220, elem_classes="result-image",
-                                elem_id="compare-input", buttons=["download", "fullscreen"],
-                            )  # fmt: skip
-                            cmp_gan = gr.Image(
-                                label="DeltaEdit-G", format="png", height=220, elem_classes="result-image",
-                                elem_id="compare-gan", buttons=["download", "fullscreen"],
-                            )  # fmt: skip
-                            cmp_d = gr.Image(
-                                label="DeltaEdit-D", format="png", height=220, elem_classes="result-image",
-                                elem_id="compare-diffusion", buttons=["download", "fullscreen"],
-                            )  # fmt: skip
-                        cmp_info = gr.Markdown(elem_id="compare-info")
-                        compare_outputs = [cmp_source, cmp_gan, cmp_d, cmp_info]
-                        _tab_examples(
-                            "compare",
-                            [domain, image, source, target],
-                            compare_outputs,
-                            example_compare,
-                            "Examples (toy faces, each backbone with its defaults): a click switches the"
-                            " domain to Toy faces and runs it",
-                        )
-                        _sample_examples(
-                            "compare", [domain, seed, source, target], compare_outputs, example_compare_sample, image
-                        )
-                    with gr.Tab("By example") as example_tab:
-                        gr.Markdown(
-                            "Show the change instead of writing it. **A → B**: two pictures of another"
-                            " face, before and after; the edit does that to your face. **Reference**:"
-                            " your face moves toward it; the disentanglement threshold decides how much"
-                            " of it comes along (higher: less). Target text, if any, is edited alongside.",
-                            elem_id="by-example-note",
-                        )
-                        with gr.Row():
-                            example_a = _picture_input("Example A (before)", "example-a")
-                            example_b = _picture_input("Example B (after)", "example-b")
-                            reference = _picture_input("Reference (move toward)", "reference")
-                        example_backbone = gr.Radio(
-                            [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan",
-                            label="Backbone", elem_id="example-backbone",
-                        )  # fmt: skip
-                        example_button = gr.Button("Edit by example", variant="primary", elem_id="edit-example")
-                        example_outputs = _edit_result_components("example")
-                        gr.Examples(
-                            examples=[
-                                [DEFAULT_DOMAIN, str(EXAMPLES_DIR / face), str(EXAMPLES_DIR / f"{pair}_a.png"),
-                                 str(EXAMPLES_DIR / f"{pair}_b.png")]
-                                for face, pair in (("toy_black_hair.png", "toy_pair_glasses"),
-                                                   ("toy_red_hair.png", "toy_pair_blond"))
-                            ],  # fmt: skip
-                            inputs=[domain, image, example_a, example_b],
-                            outputs=example_outputs,
-                            fn=example_by_example,
-                            cache_examples=True,
-                            cache_mode="lazy",
-                            api_visibility="private",
-                            label="Examples (toy faces): a click switches the domain to Toy faces and runs it",
-                            elem_id="examples-by-example",
-                        )
-                    with gr.Tab("Sweep") as sweep_tab:
-                        gr.Markdown(
-                            "The first target line at several strengths, from 0 (the reconstruction) to"
-                            " twice the Strength slider, in one batched decode; each frame's strength is under it."
-                        )
-                        with gr.Row():
-                            sweep_backbone = gr.Radio(
-                                [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan",
-                                label="Backbone", elem_id="sweep-backbone",
-                            )  # fmt: skip
-                            sweep_frames = NumberSlider(
-                                2, service.MAX_SWEEP_FRAMES, value=7, step=1, label="Frames", elem_id="sweep-frames"
-                            )
-                        sweep_button = gr.Button("Sweep the strength", variant="primary", elem_id="sweep-run")
-                        sweep_strip = gr.Gallery(
-                            label="Strength sweep", show_label=False, columns=7, height="auto", object_fit="contain", format="png",
-                            preview=False, elem_id="sweep-strip", elem_classes="result-gallery caption-below",
-                        )  # fmt: skip
-                        sweep_file = gr.File(label="Animation (GIF)", elem_id="sweep-animation")
-                        sweep_info = gr.Markdown(elem_id="sweep-info")
-                    with gr.Tab("DeltaSpace") as deltaspace_tab:
-                        ds_text = gr.Markdown("Computing the toy domain's alignment report…")
-                        # Label and titles above the plots, each plot whole (no inner scroll).
-                        ds_pictures = gr.Gallery(
-                            label="t-SNE of raw and delta features",
-                            show_label=False,
-                            columns=2,
-                            height="auto",
-                            object_fit="contain",
-                            allow_preview=True,
-                            elem_id="deltaspace-pictures",
-                            elem_classes="caption-below",
-                        )
-
+                    tabs = {
+                        "gan": _gan_tab(page),
+                        "diffusion": _diffusion_tab(page),
+                        "compare": _compare_tab(page),
+                        "example": _by_example_tab(page),
+                        "sweep": _sweep_tab(),
+                    }
+                    deltaspace = _deltaspace_tab()
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS)
-
-        common = [domain, image, source, target, strength, threshold]
-        gan_inputs = [*common, seed, align]
-        gan_button.click(
-            edit_gan, inputs=gan_inputs, outputs=gan_outputs, api_name="edit_gan", js=close_toasts(gan_inputs)
-        ).success(show_seed_sample, inputs=[domain, image, seed], outputs=seed_sample, api_visibility="private")
-        d_inputs = [*common, steps, seed, align]
-        d_button.click(
-            edit_diffusion, inputs=d_inputs, outputs=d_outputs, api_name="edit_diffusion", js=close_toasts(d_inputs)
-        ).success(show_seed_sample, inputs=[domain, image, seed], outputs=seed_sample, api_visibility="private")
-        example_inputs = [domain, image, example_a, example_b, reference, source, target, strength, threshold]
-        example_inputs += [steps, seed, align, example_backbone]
-        example_button.click(
-            edit_by_example, inputs=example_inputs, outputs=example_outputs, api_name="edit_by_example",
-            js=close_toasts(example_inputs),
-        )  # fmt: skip
-        sweep_inputs = [*common, steps, seed, align, sweep_backbone, sweep_frames]
-        sweep_button.click(
-            sweep, inputs=sweep_inputs, outputs=[sweep_strip, sweep_file, sweep_info], api_name="sweep",
-            js=close_toasts(sweep_inputs),
-        )  # fmt: skip
-        # The live strength slider: letting go of it redraws the session's last edit on the tab shown.
-        strength.release(
-            redraw_edit, inputs=[strength, backbone_tab], outputs=[*gan_outputs, *d_outputs],
-            trigger_mode="always_last",
-            api_visibility="private",
-        )  # fmt: skip
-        demo.unload(forget_plan)
-        compare_inputs = [*common, compare_steps, seed, align, sliders_moved]
-        compare_button.click(
-            compare,
-            inputs=compare_inputs,
-            outputs=compare_outputs,
-            api_name="compare",
-            js=close_toasts(compare_inputs),
-        )
-        image.upload(
-            check_upload, inputs=image, outputs=[image, seed_sample], preprocess=False, api_visibility="private"
-        )
-        sample_button.click(new_seed, outputs=seed, api_visibility="private").then(
-            sample, inputs=[domain, seed], outputs=image, api_name="sample"
-        )
-        cmp_info.change(
-            relabel, inputs=cmp_info, outputs=[cmp_source, cmp_gan, cmp_d], api_visibility="private"
-        )
-        vocabulary.click(use_phrase, inputs=vocabulary, outputs=target, api_visibility="private")
-        for tab, backbone in (
-            (gan_tab, "gan"), (d_tab, "diffusion"), (compare_tab, "compare"), (example_tab, "example"),
-            (sweep_tab, "sweep"),
-        ):  # fmt: skip
-            tab.select(lambda b=backbone: b, outputs=backbone_tab, api_visibility="private").then(
-                tab_defaults,
-                inputs=[domain, backbone_tab],
-                outputs=[strength, threshold, sliders_moved],
-                api_visibility="private",
-            )
-        for slider in (strength, threshold):
-            slider.input(lambda: True, outputs=sliders_moved, api_visibility="private")
-        domain.change(
-            change_domain,
-            inputs=[domain, backbone_tab],
-            outputs=[
-                domain_status, d_notice, strength, threshold, sliders_moved, align, vocabulary_box, compare_note,
-            ],
-            api_visibility="private",
-        )  # fmt: skip
-        # The user's own choice of domain resets the source text; an example's keeps the example's.
-        domain.input(service.neutral_text, inputs=domain, outputs=source, api_visibility="private")
-        deltaspace_tab.select(show_deltaspace, outputs=[ds_text, ds_pictures], api_visibility="private")
+        _wire_edits(demo, page, tabs)
+        _wire_page(page, tabs, deltaspace)
     return demo
+
+
+def _domain_row() -> tuple[gr.Dropdown, gr.Markdown, gr.State, gr.State]:
+    with gr.Row():
+        domain = gr.Dropdown(
+            choices=service.domain_choices(), value=DEFAULT_DOMAIN, label="Domain", scale=1,
+            elem_id="domain-choice",
+        )  # fmt: skip
+        domain_status = gr.Markdown(STATUS[DEFAULT_DOMAIN], elem_id="domain-status")
+    return domain, domain_status, gr.State("gan"), gr.State(True)
+
+
+def _input_column(domain, domain_status, backbone_tab, sliders_moved) -> PageInputs:
+    image = PhotoInput(
+        label="Photo",
+        placeholder="Drop a face photo here, or leave this empty to edit the seed's random sample",
+        type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"], height=260,
+        elem_id="input-image",
+    )  # fmt: skip
+    with gr.Row():
+        seed = NumberField(value=0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", min_width=80)
+        sample_button = gr.Button("Random sample", size="sm")
+    seed_sample = gr.Image(
+        label="The seed's random sample", format="png", interactive=False, visible=False,
+        height=200, elem_id="seed-sample", elem_classes="result-image", buttons=["download"],
+    )  # fmt: skip
+    aligns = service.aligns_faces(DEFAULT_DOMAIN)
+    align = gr.Checkbox(
+        value=aligns, visible=aligns, label="Align face (FFHQ photos)",
+        info="Crops and rotates a photo to the FFHQ face layout first; off for an already aligned face.",
+        elem_id="align-face",
+    )  # fmt: skip
+    source = gr.Textbox(value=service.neutral_text(DEFAULT_DOMAIN), label="Source text")
+    target = gr.Textbox(
+        label="Target text", info="One per line for several edits.", placeholder="face with a smile",
+        lines=2, elem_id="target-text",
+    )  # fmt: skip
+    phrases = service.known_phrases(DEFAULT_DOMAIN)
+    with gr.Column(visible=bool(phrases)) as vocabulary_box:
+        vocabulary = gr.Dataset(
+            components=["textbox"], samples=[[p] for p in phrases],
+            label="Phrases the toy model knows (its CLIP learned only these): click one to use it",
+            layout="gallery", samples_per_page=len(phrases) or 10, elem_id="vocabulary",
+        )  # fmt: skip
+    default_strength, default_threshold = service.edit_defaults(DEFAULT_DOMAIN, "gan")
+    strength = NumberSlider(-5, 5, value=default_strength, step=0.05, label="Strength", elem_id="strength")
+    threshold = NumberSlider(
+        0, 0.5, value=default_threshold, step=0.005, label="Disentanglement threshold", elem_id="threshold"
+    )
+    return PageInputs(
+        domain, domain_status, backbone_tab, sliders_moved, image, seed, sample_button, seed_sample, align,
+        source, target, vocabulary, vocabulary_box, strength, threshold,
+    )  # fmt: skip
+
+
+EXAMPLE_LABEL = "Examples (toy faces{}): a click switches the domain to Toy faces and runs it"
+
+
+def _gan_tab(page: PageInputs) -> Tab:
+    with gr.Tab("DeltaEdit-G") as tab:
+        button = gr.Button("Edit with DeltaEdit-G", variant="primary", elem_id="edit-gan")
+        outputs = _edit_result_components("gan")
+        prompt = [page.domain, page.image, page.source, page.target]
+        _tab_examples("gan", prompt, outputs, example_gan, EXAMPLE_LABEL.format(""))
+        sample_prompt = [page.domain, page.seed, page.source, page.target]
+        _sample_examples("gan", sample_prompt, outputs, example_gan_sample, page.image)
+    return Tab(tab, button, outputs)
+
+
+def _diffusion_tab(page: PageInputs) -> Tab:
+    with gr.Tab("DeltaEdit-D") as tab:
+        notice = gr.Markdown(service.diffusion_status(DEFAULT_DOMAIN), elem_id="d-notice")
+        steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps")
+        button = gr.Button("Edit with DeltaEdit-D", variant="primary", elem_id="edit-diffusion")
+        outputs = _edit_result_components("diffusion")
+        prompt = [page.domain, page.image, page.source, page.target]
+        _tab_examples("diffusion", prompt, outputs, example_diffusion, EXAMPLE_LABEL.format(", 50 DDIM steps"))
+    return Tab(tab, button, outputs, {"steps": steps, "notice": notice})
+
+
+def _compare_tab(page: PageInputs) -> Tab:
+    with gr.Tab("Compare") as tab:
+        note = gr.Markdown(service.defaults_note(DEFAULT_DOMAIN), elem_id="compare-note")
+        steps = NumberSlider(5, service.MAX_DDIM_STEPS, value=50, step=1, label="DDIM steps (D)")
+        button = gr.Button("Run both", variant="primary", elem_id="compare-run")
+        with gr.Row(elem_id="compare-images"):
+            pictures = [
+                gr.Image(
+                    label=label, format="png", height=220, elem_classes="result-image",
+                    elem_id=f"compare-{kind}", buttons=["download", "fullscreen"],
+                )  # fmt: skip
+                for kind, label in (("input", "Input"), ("gan", "DeltaEdit-G"), ("diffusion", "DeltaEdit-D"))
+            ]
+        info = gr.Markdown(elem_id="compare-info")
+        outputs = [*pictures, info]
+        prompt = [page.domain, page.image, page.source, page.target]
+        label = EXAMPLE_LABEL.format(", each backbone with its defaults")
+        _tab_examples("compare", prompt, outputs, example_compare, label)
+        sample_prompt = [page.domain, page.seed, page.source, page.target]
+        _sample_examples("compare", sample_prompt, outputs, example_compare_sample, page.image)
+    return Tab(tab, button, outputs, {"steps": steps, "note": note})
+
+
+def _by_example_tab(page: PageInputs) -> Tab:
+    with gr.Tab("By example") as tab:
+        gr.Markdown(
+            "Show the change instead of writing it. **A → B**: two pictures of another"
+            " face, before and after; the edit does that to your face. **Reference**:"
+            " your face moves toward it; the disentanglement threshold decides how much"
+            " of it comes along (higher: less). Target text, if any, is edited alongside.",
+            elem_id="by-example-note",
+        )
+        with gr.Row():
+            example_a = _picture_input("Example A (before)", "example-a")
+            example_b = _picture_input("Example B (after)", "example-b")
+            reference = _picture_input("Reference (move toward)", "reference")
+        backbone = _backbone_choice("example-backbone")
+        button = gr.Button("Edit by example", variant="primary", elem_id="edit-example")
+        outputs = _edit_result_components("example")
+        # The toy pairs to click (assets/examples/toy_pair_*.png).
+        gr.Examples(
+            examples=[
+                [DEFAULT_DOMAIN, str(EXAMPLES_DIR / face), str(EXAMPLES_DIR / f"{pair}_a.png"),
+                 str(EXAMPLES_DIR / f"{pair}_b.png")]
+                for face, pair in (("toy_black_hair.png", "toy_pair_glasses"), ("toy_red_hair.png", "toy_pair_blond"))
+            ],  # fmt: skip
+            inputs=[page.domain, page.image, example_a, example_b], outputs=outputs, fn=example_by_example,
+            cache_examples=True, cache_mode="lazy", api_visibility="private", label=EXAMPLE_LABEL.format(""),
+            elem_id="examples-by-example",
+        )  # fmt: skip
+    pictures = {"example_a": example_a, "example_b": example_b, "reference": reference}
+    return Tab(tab, button, outputs, {**pictures, "backbone": backbone})
+
+
+def _sweep_tab() -> Tab:
+    with gr.Tab("Sweep") as tab:
+        gr.Markdown(
+            "The first target line at several strengths, from 0 (the reconstruction) to"
+            " twice the Strength slider, in one batched decode; each frame's strength is under it."
+        )
+        with gr.Row():
+            backbone = _backbone_choice("sweep-backbone")
+            frames = NumberSlider(
+                2, service.MAX_SWEEP_FRAMES, value=7, step=1, label="Frames", elem_id="sweep-frames"
+            )
+        button = gr.Button("Sweep the strength", variant="primary", elem_id="sweep-run")
+        strip = gr.Gallery(
+            label="Strength sweep", show_label=False, columns=7, height="auto", object_fit="contain", format="png",
+            preview=False, elem_id="sweep-strip", elem_classes="result-gallery caption-below",
+        )  # fmt: skip
+        animation = gr.File(label="Animation (GIF)", elem_id="sweep-animation")
+        info = gr.Markdown(elem_id="sweep-info")
+    return Tab(tab, button, [strip, animation, info], {"backbone": backbone, "frames": frames})
+
+
+def _deltaspace_tab() -> Tab:
+    with gr.Tab("DeltaSpace") as tab:
+        text = gr.Markdown("Computing the toy domain's alignment report…")
+        # Label and titles above the plots, each plot whole (no inner scroll).
+        pictures = gr.Gallery(
+            label="t-SNE of raw and delta features", show_label=False, columns=2, height="auto",
+            object_fit="contain", allow_preview=True, elem_id="deltaspace-pictures", elem_classes="caption-below",
+        )  # fmt: skip
+    return Tab(tab, None, [text, pictures])
+
+
+def _backbone_choice(elem_id: str) -> gr.Radio:
+    return gr.Radio(
+        [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan", label="Backbone", elem_id=elem_id
+    )
+
+
+def _wire_edits(demo: gr.Blocks, page: PageInputs, tabs: dict[str, Tab]) -> None:
+    """The edit endpoints (the stable API: names and parameter order are pinned by tests) and the
+    live strength slider."""
+    gan, d, cmp, example, sweep_tab = (tabs[k] for k in ("gan", "diffusion", "compare", "example", "sweep"))
+    seen = {"api_visibility": "private"}
+    show_sample = dict(fn=show_seed_sample, inputs=[page.domain, page.image, page.seed], outputs=page.seed_sample)
+    gan_inputs = [*page.common, page.seed, page.align]
+    gan.button.click(
+        edit_gan, inputs=gan_inputs, outputs=gan.outputs, api_name="edit_gan", js=close_toasts(gan_inputs)
+    ).success(**show_sample, **seen)
+    d_inputs = [*page.common, d.inputs["steps"], page.seed, page.align]
+    d.button.click(
+        edit_diffusion, inputs=d_inputs, outputs=d.outputs, api_name="edit_diffusion", js=close_toasts(d_inputs)
+    ).success(**show_sample, **seen)
+    pictures = [example.inputs[k] for k in ("example_a", "example_b", "reference")]
+    example_inputs = [page.domain, page.image, *pictures, page.source, page.target, page.strength, page.threshold]
+    example_inputs += [d.inputs["steps"], page.seed, page.align, example.inputs["backbone"]]
+    example.button.click(
+        edit_by_example, inputs=example_inputs, outputs=example.outputs, api_name="edit_by_example",
+        js=close_toasts(example_inputs),
+    )  # fmt: skip
+    sweep_inputs = [*page.common, d.inputs["steps"], page.seed, page.align]
+    sweep_inputs += [sweep_tab.inputs["backbone"], sweep_tab.inputs["frames"]]
+    sweep_tab.button.click(
+        sweep, inputs=sweep_inputs, outputs=sweep_tab.outputs, api_name="sweep", js=close_toasts(sweep_inputs)
+    )
+    # The live strength slider: letting go of it redraws the session's last edit on the tab shown.
+    page.strength.release(
+        redraw_edit, inputs=[page.strength, page.backbone_tab], outputs=[*gan.outputs, *d.outputs],
+        trigger_mode="always_last", **seen,
+    )  # fmt: skip
+    demo.unload(forget_plan)
+    compare_inputs = [*page.common, cmp.inputs["steps"], page.seed, page.align, page.sliders_moved]
+    cmp.button.click(
+        compare, inputs=compare_inputs, outputs=cmp.outputs, api_name="compare", js=close_toasts(compare_inputs)
+    )
+
+
+def _wire_page(page: PageInputs, tabs: dict[str, Tab], deltaspace: Tab) -> None:
+    """Everything else the page does: uploads, samples, labels, chips, tabs, sliders and the domain."""
+    seen = {"api_visibility": "private"}
+    page.image.upload(
+        check_upload, inputs=page.image, outputs=[page.image, page.seed_sample], preprocess=False, **seen
+    )
+    page.sample_button.click(new_seed, outputs=page.seed, **seen).then(
+        sample, inputs=[page.domain, page.seed], outputs=page.image, api_name="sample"
+    )
+    cmp_source, cmp_gan, cmp_d, cmp_info = tabs["compare"].outputs
+    cmp_info.change(relabel, inputs=cmp_info, outputs=[cmp_source, cmp_gan, cmp_d], **seen)
+    page.vocabulary.click(use_phrase, inputs=page.vocabulary, outputs=page.target, **seen)
+    sliders = [page.strength, page.threshold, page.sliders_moved]
+    for backbone, tab in tabs.items():
+        tab.tab.select(lambda b=backbone: b, outputs=page.backbone_tab, **seen).then(
+            tab_defaults, inputs=[page.domain, page.backbone_tab], outputs=sliders, **seen
+        )
+    for slider in (page.strength, page.threshold):
+        slider.input(lambda: True, outputs=page.sliders_moved, **seen)
+    page.domain.change(
+        change_domain, inputs=[page.domain, page.backbone_tab],
+        outputs=[
+            page.domain_status, tabs["diffusion"].inputs["notice"], *sliders, page.align, page.vocabulary_box,
+            tabs["compare"].inputs["note"],
+        ],
+        **seen,
+    )  # fmt: skip
+    # The user's own choice of domain resets the source text; an example's keeps the example's.
+    page.domain.input(service.neutral_text, inputs=page.domain, outputs=page.source, **seen)
+    deltaspace.tab.select(show_deltaspace, outputs=deltaspace.outputs, **seen)
 
 
 def close_toasts(inputs) -> str:
