@@ -225,16 +225,35 @@ def edit_by_example(
     progress=gr.Progress(track_tqdm=True),  # noqa: B008 - gradio's injection idiom
 ):  # fmt: skip
     """Edit by pictures: do to the face what changes `example_a` into `example_b`, and/or move it
-    toward `reference`; `target` text lines (optional here) are edited alongside. `backbone`: "gan"
-    or "diffusion" (`steps` DDIM steps)."""
-    _start(progress, f"{service.check_backbone(backbone)}: editing by example")
+    toward `reference`; `target` text lines (optional here) are edited alongside. `backbone`: "gan",
+    "diffusion" (`steps` DDIM steps) or "compare" (both; the slider then shows G | D)."""
     request = dict(
         domain=domain, image=image, source=source, target=target, strength=strength, threshold=threshold,
         seed=seed, align=align, example_a=example_a, example_b=example_b, reference=reference,
     )  # fmt: skip
+    if backbone == "compare":
+        _start(progress, "DeltaEdit-G, then DeltaEdit-D: editing by example")
+        return _compare_outputs(_gpu_compare(**request, steps=int(steps)))
+    _start(progress, f"{service.check_backbone(backbone)}: editing by example")
     if backbone == "diffusion":
         request["steps"] = int(steps)
     return _edit_outputs(_gpu_edit(backbone, **request))
+
+
+def _compare_outputs(view: service.CompareView):
+    """A comparison in an edit tab's four outputs: the slider DeltaEdit-G | DeltaEdit-D (the input
+    | DeltaEdit-G without D weights), the input and both edits captioned, both PNGs, the summary."""
+    views = [v for v in (view.gan, view.diffusion) if v is not None]
+    for v in views:
+        service.save_files(v)
+    edits = [v.edited_images[0] for v in views]
+    pair = (edits[0], edits[1]) if len(edits) == 2 else (view.source_image, edits[0])
+    gallery = [(view.source_image, "Input")] + [
+        (img, service.BACKBONE_NAMES[v.backbone]) for img, v in zip(edits, views)
+    ]
+    files = [str(v.files[0]) for v in views]
+    shown = "DeltaEdit-G (left) | DeltaEdit-D (right)" if len(edits) == 2 else "the input | DeltaEdit-G"
+    return pair, gallery, files, f"{view.summary}\n\nBefore / after slider: {shown}."
 
 
 @user_errors
@@ -744,7 +763,7 @@ def _by_example_tab(page: PageInputs) -> Tab:
             example_a = _picture_input("Example A (before)", "example-a")
             example_b = _picture_input("Example B (after)", "example-b")
             reference = _picture_input("Reference (move toward)", "reference")
-        backbone = _backbone_choice("example-backbone")
+        backbone = _backbone_choice("example-backbone", compare=True)
         button = gr.Button("Edit by example", variant="primary", elem_id="edit-example")
         outputs = _edit_result_components("example")
         # The toy pairs to click (assets/examples/toy_pair_*.png).
@@ -794,10 +813,11 @@ def _deltaspace_tab() -> Tab:
     return Tab(tab, None, [text, pictures])
 
 
-def _backbone_choice(elem_id: str) -> gr.Radio:
-    return gr.Radio(
-        [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")], value="gan", label="Backbone", elem_id=elem_id
-    )
+def _backbone_choice(elem_id: str, compare: bool = False) -> gr.Radio:
+    choices = [("DeltaEdit-G", "gan"), ("DeltaEdit-D", "diffusion")]
+    if compare:
+        choices.append(("Both, side by side", "compare"))
+    return gr.Radio(choices, value="gan", label="Backbone", elem_id=elem_id)
 
 
 def _wire_edits(demo: gr.Blocks, page: PageInputs, tabs: dict[str, Tab]) -> None:

@@ -749,10 +749,15 @@ def compare(
     seed=0,
     align: bool = True,
     steps: int = 50,
+    example_a=None,
+    example_b=None,
+    reference=None,
 ) -> CompareView:
     """Both backbones on the same input and the first target line; D may be unavailable.
 
     A `strength` or `threshold` of None lets each backbone use its own default for the domain.
+    `example_a`/`example_b` and `reference` are `edit`'s pictures; each backbone's first edit is
+    the one compared.
     """
     first = next((line.strip() for line in (target or "").splitlines() if line.strip()), "")
     common = dict(
@@ -764,6 +769,9 @@ def compare(
         threshold=threshold,
         seed=seed,
         align=align,
+        example_a=example_a,
+        example_b=example_b,
+        reference=reference,
     )
     gan = edit("gan", **common)
     lines = [
@@ -783,6 +791,8 @@ def compare(
         lines.append(f"Input: random sample, seed {gan.extra['seed']}.")
     if len((target or "").strip().splitlines()) > 1:
         lines.append(f"Compare uses the first target line only: “{first}”.")
+    if len(gan.targets) > 1:
+        lines.append(f"Compared: the first edit, “{_short(gan.targets[0])}”.")
     notices = dict.fromkeys(gan.notices + (diffusion.notices if diffusion else []))
     lines += [f"- ⚠️ {_short(n)}" for n in notices]
     shown = gan.input_image if gan.input_image is not None else gan.source_image

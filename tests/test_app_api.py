@@ -229,6 +229,26 @@ def test_edit_by_example_applies_a_pair_of_pictures(client, backbone):
         )  # fmt: skip
 
 
+def test_edit_by_example_compares_both_backbones_side_by_side(client):
+    if not diffusion_weights_present():
+        pytest.skip("no toy DeltaEdit-D weights")
+    pairs = REPO / "assets" / "examples"
+    (g_edit, d_edit), gallery, files, summary = client.predict(
+        domain="toy", image=handle_file(EXAMPLE), example_a=handle_file(pairs / "toy_pair_blond_a.png"),
+        example_b=handle_file(pairs / "toy_pair_blond_b.png"), reference=None, source="face", target="",
+        strength=0.85, threshold=0.1, steps=10, seed=0, align=False, backbone="compare",
+        api_name="/edit_by_example",
+    )  # fmt: skip
+    assert [item["caption"] for item in gallery] == ["Input", "DeltaEdit-G", "DeltaEdit-D"]
+    shown_input = gallery[0]["image"]
+    assert_edited(shown_input, g_edit)
+    assert_edited(shown_input, d_edit)
+    assert np.array_equal(pixels(gallery[1]["image"]), pixels(g_edit))
+    assert np.array_equal(pixels(gallery[2]["image"]), pixels(d_edit))
+    assert len(files) == 2 and "| DeltaEdit-G |" in summary and "| DeltaEdit-D (10 steps) |" in summary
+    assert "DeltaEdit-G (left) | DeltaEdit-D (right)" in summary
+
+
 def test_sweep_returns_its_frames_and_an_animation(client):
     frames, animation, summary = client.predict(
         domain="toy", image=None, source="face", target="face with eyeglasses", strength=0.85, threshold=0.1,
