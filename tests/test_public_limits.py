@@ -38,7 +38,7 @@ def test_each_abuse_row_is_refused_or_bounded_against_the_running_app(row):
 def test_another_visitor_is_served_while_one_fills_its_share():
     """Row 5's other half: the visitor at its limit is refused, a second one still gets an edit."""
     url = shared_server().url
-    heavy = reliability._with(reliability.D_CALL, 6, 5)
+    heavy = reliability.abuse._with(reliability.D_CALL, 6, 5)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -141,7 +141,7 @@ def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
     from PIL import ImageFile
 
     path = tmp_path / "huge.png"
-    path.write_bytes(reliability._png_of_size(13000, 13000))
+    path.write_bytes(reliability.abuse._png_of_size(13000, 13000))
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
     # Ours, or Pillow's own bomb check where the app set Pillow's limit to the same 50 MP.
