@@ -16,176 +16,37 @@ where to put it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import pickle
 import socket
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .errors import InputError, WeightsError
+from . import weight_registry
+from .errors import WeightsError
 from .fileio import write_json
+from .weight_files import check_state_dict, load_npy_matrix, load_torch_file  # noqa: F401 - readers of weight files
+from .weight_registry import (  # noqa: F401 - the registry, read through this module
+    DIFFUSION_FILES,
+    REGISTRY,
+    UNET_FILES,
+    WeightSource,
+    get_source,
+    hub_folder_tag,
+)
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGED_DIR = REPO_ROOT / "assets" / "toy"
 # Seconds to wait for a server before calling it unreachable (connect and between reads).
 TIMEOUT = float(os.environ.get("DELTAEDIT_DOWNLOAD_TIMEOUT", "10"))
 
 _TRUE = {"1", "true", "yes", "on"}
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """Where one weight file comes from. `filename` is the official name users put in a weights dir."""
-
-    tag: str
-    filename: str
-    hub_repo: str | None = None
-    hub_filename: str | None = None
-    revision: str | None = None
-    gdrive_id: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    packaged: bool = False  # shipped in assets/toy/ (filename relative to it)
-    is_dir: bool = False  # a folder (diffusers format) rather than one file
-    hub_repo_env: str | None = None  # environment variable that names the hub repo
-    revision_env: str | None = None  # environment variable that pins the hub revision (commit)
-    allow_patterns: tuple[str, ...] | None = None  # for a hub folder: only these files are fetched
-    optional: bool = False  # not needed for the domain's main (GAN) path
-    unavailable_hint: str = ""  # what to do when there is no source at all
-
-    @property
-    def repo_id(self) -> str | None:
-        return self.hub_repo or (os.environ.get(self.hub_repo_env) if self.hub_repo_env else None) or None
-
-    @property
-    def hub_revision(self) -> str | None:
-        """The pinned revision, else the one the environment names, else None (the default branch)."""
-        return self.revision or (os.environ.get(self.revision_env) if self.revision_env else None) or None
-
-    def origin(self) -> str:
-        """Human-readable source, for messages."""
-        if self.packaged:
-            return f"packaged with the repository in {PACKAGED_DIR / self.filename}"
-        if self.repo_id:
-            what = "repo" if self.is_dir else f"file {self.hub_filename or self.filename}"
-            return f"Hugging Face hub {self.repo_id} ({what})"
-        if self.url:
-            return self.url
-        if self.gdrive_id:
-            return f"Google Drive https://drive.google.com/uc?id={self.gdrive_id}"
-        return self.unavailable_hint or "no public source"
-
-
-_D_HINT = (
-    "no DeltaEdit-D weights are published for ffhq; train them (docs/ffhq-diffusion.md:"
-    " `python -m deltaedit train-diffusion --init google/ddpm-ema-celebahq-256 --data generator"
-    " --domain ffhq ...`), or set DELTAEDIT_D_FFHQ_REPO to a hub repo holding them (published with"
-    " `python -m deltaedit publish-diffusion`), or put the diffusers folder as deltaedit-d-ffhq/ in"
-    " --weights-dir"
-)
-# The files of a DeltaEdit-D weights folder (what `DiffusionBackbone.from_pretrained` reads); a hub
-# repo of one may also hold a model card, samples and logs, which are not downloaded.
-DIFFUSION_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler/*")
-# A public diffusers UNet folder (`train-diffusion --init`): the model at the top or under unet/.
-# Both weight formats are allowed (old repos have only .bin, read with weights_only=True).
-UNET_FILES = (
-    "config.json",
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "unet/diffusion_pytorch_model.bin",
-)
-_TOY_HINT = "it ships with the repository; rebuild the toy weights with `python -m deltaedit toy train`"
-
-REGISTRY: dict[str, WeightSource] = {
-    s.tag: s
-    for s in [
-        WeightSource(
-            "stylegan2-ffhq-config-f",
-            "stylegan2-ffhq-config-f.pt",
-            hub_repo="akhaliq/jojogan-stylegan2-ffhq-config-f",
-            hub_filename="stylegan2-ffhq-config-f.pt",
-        ),
-        WeightSource("e4e-ffhq-encode", "e4e_ffhq_encode.pt", hub_repo="public-data/e4e"),
-        WeightSource("deltaedit-net-face", "net_face.pth", gdrive_id="1Mb2WiELoVDPDIi24tIfoWsjn1l2xTjtZ"),
-        WeightSource(
-            "styleclip-fs3-ffhq",
-            "fs3.npy",
-            url="https://raw.githubusercontent.com/orpatashnik/StyleCLIP/main/global_directions/npy/ffhq/fs3.npy",
-        ),
-        WeightSource(
-            "clip-vit-b32-openai",
-            "open_clip_model.safetensors",
-            hub_repo="timm/vit_base_patch32_clip_224.openai",
-        ),
-        WeightSource(
-            "dlib-landmarks-68",
-            "shape_predictor_68_face_landmarks.dat",
-            hub_repo="public-data/dlib_face_landmark_model",
-        ),
-        # FFHQ DeltaEdit-D has no repo yet: the hub repo comes from DELTAEDIT_D_FFHQ_REPO (and a
-        # commit from DELTAEDIT_D_FFHQ_REVISION). Once the project's own repo exists, its id goes in
-        # hub_repo= and the commit that `publish-diffusion` printed in revision= (a 40-hex sha,
-        # never a branch), so every user gets exactly the tested weights.
-        WeightSource(
-            "deltaedit-d-ffhq",
-            "deltaedit-d-ffhq",
-            is_dir=True,
-            hub_repo_env="DELTAEDIT_D_FFHQ_REPO",
-            revision_env="DELTAEDIT_D_FFHQ_REVISION",
-            allow_patterns=DIFFUSION_FILES,
-            optional=True,
-            unavailable_hint=_D_HINT,
-        ),
-        # The public face DDPM that `train-diffusion --init` fine-tunes into FFHQ DeltaEdit-D.
-        WeightSource(
-            "ddpm-ema-celebahq-256",
-            "ddpm-ema-celebahq-256",
-            hub_repo="google/ddpm-ema-celebahq-256",
-            is_dir=True,
-            allow_patterns=UNET_FILES,
-            optional=True,
-            unavailable_hint=(
-                "on a machine with internet access run `hf download google/ddpm-ema-celebahq-256"
-                " --local-dir DIR/ddpm-ema-celebahq-256` and pass --weights-dir DIR"
-                " (or --init DIR/ddpm-ema-celebahq-256)"
-            ),
-        ),
-        WeightSource("toy-generator", "generator.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource("toy-encoder", "encoder.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource("toy-mapper", "mapper.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource("toy-fs3", "fs3.npy", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource("toy-clip", "clip.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource("toy-classifier", "classifier.safetensors", packaged=True, unavailable_hint=_TOY_HINT),
-        WeightSource(
-            "toy-feature-bank", "feature_bank.npy", packaged=True, optional=True, unavailable_hint=_TOY_HINT
-        ),
-        WeightSource(
-            "toy-diffusion",
-            "diffusion",
-            packaged=True,
-            is_dir=True,
-            optional=True,
-            unavailable_hint=_TOY_HINT,
-        ),
-    ]
-}
 
 
 # ---- places ----------------------------------------------------------------------------------
@@ -198,13 +59,6 @@ def is_offline() -> bool:
 
     env = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "DELTAEDIT_OFFLINE"))
     return any(v in _TRUE for v in env) or bool(constants.HF_HUB_OFFLINE)
-
-
-def get_source(tag: str) -> WeightSource:
-    try:
-        return REGISTRY[tag]
-    except KeyError:
-        raise InputError(f"unknown weights tag {tag!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
 def _exists(path: Path, src: WeightSource) -> bool:
@@ -255,7 +109,7 @@ def _local_candidates(src: WeightSource, weights_dir) -> list[tuple[Path, str]]:
     if env_dir:
         places.append((Path(env_dir).expanduser() / src.filename, "DELTAEDIT_WEIGHTS_DIR"))
     if src.packaged:
-        places.append((PACKAGED_DIR / src.filename, "packaged"))
+        places.append((weight_registry.PACKAGED_DIR / src.filename, "packaged"))
     places.append((cache_dir() / src.filename, "cache"))
     return places
 
@@ -490,36 +344,6 @@ def resolve(tag: str, weights_dir=None, download: bool = True, progress: bool = 
     return fetch(tag, progress=progress)
 
 
-def hub_folder_tag(repo_id: str, revision: str | None = None, allow_patterns=UNET_FILES) -> str:
-    """The registry tag of a hub model folder, registering one on the fly for a repo not listed.
-
-    A registered repo keeps its entry (and pinned revision) unless another revision is asked for.
-    The local name is the repo's name: `DIR/<name>/` in a weights dir is found before the hub.
-    """
-    for src in REGISTRY.values():
-        if src.is_dir and src.hub_repo == repo_id and revision in (None, src.revision):
-            return src.tag
-    name = repo_id.rsplit("/", 1)[-1]
-    tag = f"hub:{repo_id}" + (f"@{revision}" if revision else "")
-    REGISTRY.setdefault(
-        tag,
-        WeightSource(
-            tag,
-            name,
-            hub_repo=repo_id,
-            revision=revision,
-            is_dir=True,
-            allow_patterns=tuple(allow_patterns) if allow_patterns else None,
-            optional=True,
-            unavailable_hint=(
-                f"on a machine with internet access run `hf download {repo_id} --local-dir DIR/{name}`"
-                f" and pass the folder DIR/{name} instead (or --weights-dir DIR)"
-            ),
-        ),
-    )
-    return tag
-
-
 def resolve_generator(
     weights_dir=None,
     download: bool = True,
@@ -573,7 +397,7 @@ def missing_message(tag: str, reason: str, weights_dir=None) -> str:
         if src not in missing:
             missing.append(src)
         if src.packaged:
-            lines.append(f"Missing files of domain {cfg.id!r} under {PACKAGED_DIR}:")
+            lines.append(f"Missing files of domain {cfg.id!r} under {weight_registry.PACKAGED_DIR}:")
         else:
             lines.append(f"Missing files of domain {cfg.id!r}:")
         lines += [f"  {m.filename}  <- {m.origin()}" for m in missing]
@@ -588,80 +412,3 @@ def missing_message(tag: str, reason: str, weights_dir=None) -> str:
     return "\n".join(lines)
 
 
-# ---- reading ---------------------------------------------------------------------------------
-def load_npy_matrix(path, what: str, axes: str) -> np.ndarray:
-    """A float matrix from a .npy file, never unpickled; `what` and `axes` ("S, D") name it in
-    the WeightsError a missing, unreadable or non-matrix file gets."""
-    path = Path(path)
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise WeightsError(f"{path} is not a readable .npy {what} ({exc}); delete it and retry") from exc
-    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
-        raise WeightsError(f"{path} must hold a float matrix [{axes}], got {matrix.dtype} {matrix.shape}")
-    return matrix
-
-
-def load_torch_file(path) -> object:
-    """`torch.load(weights_only=True)` on CPU; missing, corrupt or code-carrying files -> WeightsError."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    def load(mmap: bool):
-        # argparse.Namespace is plain data (rosinality checkpoints store their training args in one).
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-    try:
-        try:
-            # Memory-mapped: tensors are read from the page cache instead of copied into RAM first.
-            return load(mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zipfile" not in str(exc):
-                raise
-            return load(mmap=False)  # legacy (pre-zip) checkpoints cannot be mapped
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path} holds objects other than tensors and plain data, which are not loaded for"
-            f" safety ({str(exc).splitlines()[0]}); is it the right file?"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WeightsError(
-            f"{path} is corrupt or truncated ({exc}); delete it and download it again"
-        ) from exc
-
-
-def _shapes(expected) -> dict[str, tuple]:
-    if isinstance(expected, torch.nn.Module):
-        expected = expected.state_dict()
-    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in expected.items()}
-
-
-def check_state_dict(state: dict, expected, file) -> None:
-    """Raise WeightsError naming `file` and the first missing / unexpected / mis-shaped key.
-
-    `expected` is a module (its state dict) or a mapping name -> shape.
-    """
-    want = _shapes(expected)
-    got = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    missing = [k for k in want if k not in got]
-    unexpected = [k for k in got if k not in want]
-    wrong = [k for k in want if k in got and got[k] != want[k]]
-    problems = []
-    if missing:
-        problems.append(
-            f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        problems.append(
-            f"unexpected key {unexpected[0]!r}"
-            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-        )
-    if wrong:
-        k = wrong[0]
-        problems.append(
-            f"{k!r} has shape {list(got[k])}, expected {list(want[k])}"
-            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
-        )
-    if problems:
-        raise WeightsError(f"{file} does not fit the model: {'; '.join(problems)}. Is it the right file?")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltaedit import weights
+from deltaedit import weight_registry, weights
 from deltaedit.cli import main as cli_main
 from deltaedit.errors import WeightsError
 from deltaedit.weights import WeightSource
@@ -47,7 +47,7 @@ def isolated(monkeypatch, tmp_path):
         "ALL_PROXY",
     ):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(weights, "PACKAGED_DIR", tmp_path / "packaged")
+    monkeypatch.setattr(weight_registry, "PACKAGED_DIR", tmp_path / "packaged")
     monkeypatch.setattr(weights, "_reachability", {})
     monkeypatch.setattr(weights, "TIMEOUT", 3.0)
     return tmp_path
