@@ -369,13 +369,13 @@ def test_truncated_weight_file_is_weights_error(tiny_ffhq, tmp_path):
 
 
 def test_timings_cover_every_stage_and_the_source_picture_is_made_once(tiny_ffhq, monkeypatch):
-    import deltaedit.pipelines.gan as gan
+    import deltaedit.pipelines.results as results  # where an edit's pictures are made
 
     editor = editor_for(tiny_ffhq)
     codes = editor.encode_latents(tiny_latents(tiny_ffhq, seed=31))
     converted = []
-    real = gan.tensors_to_pixels
-    monkeypatch.setattr(gan, "tensors_to_pixels", lambda x: converted.append(x.shape[0]) or real(x))
+    real = results.tensors_to_pixels
+    monkeypatch.setattr(results, "tensors_to_pixels", lambda x: converted.append(x.shape[0]) or real(x))
     first = editor.edit(codes=codes, targets=["face with smile"], threshold=0.0)
     second = editor.edit(codes=codes, targets=["face with smile", "old face"], threshold=0.0)
     stages = {"encode", "text", "mapper", "decode", "transfer", "pil"}

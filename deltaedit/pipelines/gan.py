@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -38,138 +35,27 @@ from ..nn.e4e import encode
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
 from ..refine import refine_style_deltas
 from ..relevance import select_channels_batch
+from .edit_request import (  # noqa: F401 - the request checks, also read from this module
+    MAX_PROMPT_CHARS,
+    MAX_TARGETS,
+    REFINE_STEPS_RANGE,
+    STRENGTH_RANGE,
+    THRESHOLD_RANGE,
+    check_number,
+    check_prompt_length,
+    check_refine_steps,
+    check_whole_number,
+    normalise_source,
+    normalise_targets,
+)
+from .results import EditPlan, EditResult, SourceCodes, StageClock, SweepResult, make_result  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-STRENGTH_RANGE = (-10.0, 10.0)
-THRESHOLD_RANGE = (0.0, 1.0)
-REFINE_STEPS_RANGE = (0, 200)
-MAX_TARGETS = 16
-# CLIP reads 77 tokens (about 300 characters of English) and open_clip's tokenizer encodes the whole
-# text before it truncates, in time that grows faster than the text: longer prompts are refused
-# before any tokenizer sees them.
-MAX_PROMPT_CHARS = 300
-
-
-@dataclass
-class SourceCodes:
-    """Everything about one source that does not depend on the prompt."""
-
-    w_plus: torch.Tensor  # [1, n_latent, style_dim]
-    s: torch.Tensor  # [1, S]
-    clip_feature: torch.Tensor  # [1, D], not normalised
-    image: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1], decoded from the unedited S
-    input_image: torch.Tensor | None = None  # [1, 3, h, w] in [-1, 1]: the encoder's input (photos)
-    notices: list[str] = field(default_factory=list)
-    # `image` as a picture, made by the first edit of this source; later edits hand out copies.
-    image_pil: Image.Image | None = field(default=None, repr=False)
-
-
-@dataclass
-class EditResult:
-    source_image: Image.Image
-    edited_images: list[Image.Image]
-    targets: list[str]
-    source_text: str
-    strength: float
-    threshold: float
-    w_plus: torch.Tensor  # [1, n_latent, style_dim]
-    s_source: torch.Tensor  # [1, S]
-    s_edited: torch.Tensor  # [T, S]
-    delta_s: torch.Tensor  # [T, S], after relevance selection, before strength
-    notices: list[str]
-    timings: dict[str, float]
-    source_tensor: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1], on the editor's device
-    edited_tensor: torch.Tensor | None = None  # [T, 3, H, W] in [-1, 1], on the editor's device
-    input_tensor: torch.Tensor | None = None  # [1, 3, H, W]: what the diffusion backbone inverted
-
-
-@dataclass
-class EditPlan:
-    """An edit up to its decoding (`GanEditor.plan`): decodes at any strength without recomputing."""
-
-    codes: SourceCodes
-    targets: list[str]
-    source_text: str
-    strength: float
-    threshold: float
-    delta_s: torch.Tensor  # [T, S] after relevance selection (and refinement), before strength
-    notices: list[str]
-    clock: StageClock
-
-
-@dataclass
-class SweepResult:
-    """One target's edit at several strengths (`GanEditor.sweep`)."""
-
-    frames: list[Image.Image]
-    strengths: list[float]
-    target: str
-    notices: list[str]
-    timings: dict[str, float]
-
-
-def check_number(name: str, value: float, bounds: tuple[float, float]) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    lo, hi = bounds
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
-    return value
-
-
-def check_whole_number(name: str, value, bounds: tuple[int, int]) -> int:
-    number = check_number(name, value, bounds)
-    if number != int(number):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
-
-
-def check_refine_steps(steps) -> int:
-    return check_whole_number("refine_steps", steps, REFINE_STEPS_RANGE)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
-
-def normalise_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
-    """One or several target phrases (a string may hold one per line)."""
-    if targets is None:
-        targets = []
-    elif isinstance(targets, str):
-        targets = targets.splitlines() or [targets]
-    if len(targets) > 4 * MAX_TARGETS:  # before stripping each one: a million empty lines
-        raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(targets)} lines")
-    cleaned = [t.strip() for t in targets if t is not None and t.strip()]
-    if not cleaned:
-        raise InputError("the target text is empty: describe the edit, e.g. 'face with a smile'")
-    if len(cleaned) > MAX_TARGETS:
-        raise InputError(f"at most {MAX_TARGETS} targets at once, got {len(cleaned)}")
-    for number, target in enumerate(cleaned, 1):
-        check_prompt_length(target, f"target line {number}" if len(cleaned) > 1 else "the target text")
-    return cleaned
-
-
-def check_prompt_length(text: str, what: str) -> str:
-    """`text` when it is at most MAX_PROMPT_CHARS long; otherwise an InputError naming the limit."""
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(
-            f"{what} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS} per line"
-            " (CLIP reads only about the first 300 characters). Shorten it."
-        )
-    return text
-
-
-def normalise_source(source) -> str | None:
-    """The source text stripped (None or empty: the domain's neutral text), length-checked."""
-    if source is None:
-        return None
-    if not isinstance(source, str):
-        raise InputError(f"the source text must be text, got {type(source).__name__}")
-    return check_prompt_length(source.strip(), "the source text") or None
 
 
 class GanEditor:
@@ -558,77 +444,6 @@ class GanEditor:
         plan.clock.lap("decode")
         pictures = pixels_to_pils(tensors_to_pixels(frames.float()))
         return SweepResult(pictures, strengths, plan.targets[0], plan.notices, dict(plan.clock.timings))
-
-
-def make_result(
-    codes,
-    source,
-    edits,
-    targets,
-    source_text,
-    strength,
-    threshold,
-    s_edit,
-    delta_s,
-    notices,
-    timings,
-    input_tensor=None,
-) -> EditResult:
-    """The EditResult of an edit; adds the "transfer" (device to host bytes) and "pil" timings."""
-    notices = list(dict.fromkeys(notices))
-    for n in notices:
-        log.info("notice: %s", n)
-    is_render = source is codes.image
-    source, edits = source.float(), edits.float()  # stay on the editor's device
-    t = time.perf_counter()
-    # The source's picture is made once per source (re-edits of a face skip its transfer).
-    cached = codes.image_pil if is_render else None
-    pixels = tensors_to_pixels(edits if cached is not None else torch.cat([source, edits]))
-    t_pil = time.perf_counter()
-    pictures = pixels_to_pils(pixels)
-    if cached is None:
-        cached, pictures = pictures[0], pictures[1:]
-        if is_render:
-            codes.image_pil = cached
-    source_image, edited_images = cached.copy(), pictures  # a copy: callers may draw on theirs
-    done = time.perf_counter()
-    timings = {**timings, "transfer": t_pil - t, "pil": done - t_pil}
-    timings["total"] = timings.get("total", 0.0) + done - t
-    return EditResult(
-        source_image=source_image,
-        edited_images=edited_images,
-        targets=targets,
-        source_text=source_text,
-        strength=strength,
-        threshold=threshold,
-        w_plus=codes.w_plus.cpu(),
-        s_source=codes.s.cpu(),
-        s_edited=s_edit.cpu(),
-        delta_s=delta_s.cpu(),
-        notices=notices,
-        timings=timings,
-        source_tensor=source,
-        edited_tensor=edits,
-        input_tensor=input_tensor,
-    )
-
-
-class StageClock:
-    """Seconds per named stage of one request, plus "total"; with a CUDA `device` each lap first
-    waits for the GPU, so the time lands on the stage that queued the work."""
-
-    def __init__(self, device: torch.device | None = None):
-        self._sync = device is not None and device.type == "cuda"
-        self._start = self._last = time.perf_counter()
-        self.timings: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        if self._sync:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.timings[stage] = now - self._last
-        self.timings["total"] = now - self._start
-        self._last = now
 
 
 @cache
