@@ -3,6 +3,7 @@ the run that sends every row while a second visitor edits."""
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import threading
@@ -12,7 +13,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,6 @@ def raw_call(url: str, api_name: str, data, source: str = "127.0.0.1", timeout: 
              body: bytes | None = None) -> RawAnswer:  # fmt: skip
     """POST /gradio_api/call/NAME with raw JSON (or a raw `body`) as visitor `source`, then read the
     job's events to the end. gradio_client cannot choose its source address or send broken JSON."""
-    import json
 
     t0 = time.perf_counter()
     payload = body if body is not None else json.dumps({"data": data}).encode()
@@ -141,7 +141,6 @@ def _upload(url: str, files: list[tuple[str, bytes]], source: str = ATTACKER) ->
 
 
 def _uploaded_path(url: str, name: str, data: bytes) -> str:
-    import json
 
     status, text = _upload(url, [(name, data)], source="127.0.0.3")
     if status != 200:
@@ -159,118 +158,172 @@ def _refused(answer: RawAnswer, statuses: tuple[int, ...], pattern: str) -> str:
     return ""
 
 
-def abuse_case(url: str, row: int, upload_dir: Path | None = None) -> CaseResult:
-    """Row `row` of issue 25's table, sent as one anonymous visitor; passes when it is refused at
-    once (or bounded) with a message naming the field or limit, and nothing is left on disk."""
-    import json
+@dataclass
+class _AbuseRun:
+    """One abuse row's visit: what it uploaded on purpose and what went wrong."""
 
-    t0 = time.perf_counter()
-    before = files_under(upload_dir)
-    problems: list[str] = []
-    uploaded: set[str] = set()  # the files this case uploads on purpose (and their folders)
+    url: str
+    problems: list[str] = field(default_factory=list)
+    uploaded: set[str] = field(default_factory=set)  # the files uploaded on purpose (and their folders)
 
-    def upload(name: str, data: bytes) -> dict:
-        path = _uploaded_path(url, name, data)
-        uploaded.update({path, str(Path(path).parent)})
+    def upload(self, name: str, data: bytes) -> dict:
+        path = _uploaded_path(self.url, name, data)
+        self.uploaded.update({path, str(Path(path).parent)})
         return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
-    def expect(answer: RawAnswer, statuses, pattern: str, within_s: float) -> None:
+    def expect(self, answer: RawAnswer, statuses, pattern: str, within_s: float) -> None:
+        """`answer` must be a refusal with one of `statuses` saying /pattern/, within `within_s`."""
         problem = _refused(answer, statuses, pattern)
         if not problem and answer.seconds > within_s:
             problem = f"refused only after {answer.seconds:.1f} s (limit {within_s:g} s)"
         if problem:
-            problems.append(problem)
+            self.problems.append(problem)
 
-    if row == 1:
-        for route in ("run", "api"):
-            status, text = raw_request(
-                url, "POST", f"/gradio_api/{route}/edit_gan", json.dumps({"data": GAN_CALL}).encode()
-            )
-            expect(RawAnswer(status, "refused", text, 0.0), (403,), r"closed.*queue", 2.0)
-    elif row == 2:
-        expect(raw_call(url, "edit_gan", _with(GAN_CALL, 3, "a" * 40_000)), (), r"300", 10.0)
-        expect(raw_call(url, "edit_gan", _with(GAN_CALL, 3, "a" * 2**20)), (413,), r"300 characters", 2.0)
-    elif row == 3:
-        lines = "\n".join(_unique_words(2_800_000, seed) for seed in range(10))
-        expect(raw_call(url, "edit_gan", _with(GAN_CALL, 3, lines)), (413,), r"maximum is \d+ KB", 5.0)
-    elif row == 4:
-        small = (
-            "data:image/png;base64,"
-            + __import__("base64").b64encode(_png_claiming_size(13000, 13000)).decode()
+
+def abuse_case(url: str, row: int, upload_dir: Path | None = None) -> CaseResult:
+    """Row `row` of issue 25's table, sent as one anonymous visitor; passes when it is refused at
+    once (or bounded) with a message naming the field or limit, and nothing is left on disk."""
+    if row not in ROW_SENDERS:
+        raise InputError(f"no abuse row {row}; rows: {', '.join(map(str, ABUSE_ROWS))}")
+    t0 = time.perf_counter()
+    before = files_under(upload_dir)
+    run = _AbuseRun(url)
+    ROW_SENDERS[row](run)
+    if new := files_under(upload_dir) - before - run.uploaded:
+        run.problems.append(f"files appeared in the upload folder: {sorted(new)[:3]}")
+    seconds = time.perf_counter() - t0
+    detail = "; ".join(run.problems) or "refused or bounded"
+    return CaseResult(f"row {row}: {ABUSE_ROWS[row]}", "abuse", not run.problems, "error", detail, seconds)
+
+
+def _send_row_1(run: _AbuseRun) -> None:
+    """Row 1: direct /run and /api routes."""
+    for route in ("run", "api"):
+        status, text = raw_request(
+            run.url, "POST", f"/gradio_api/{route}/edit_gan", json.dumps({"data": GAN_CALL}).encode()
         )
-        expect(
-            raw_call(url, "edit_gan", _with(GAN_CALL, 1, {"url": small})),
-            (400,),
-            r"URLs are not accepted",
+        run.expect(RawAnswer(status, "refused", text, 0.0), (403,), r"closed.*queue", 2.0)
+
+
+def _send_row_2(run: _AbuseRun) -> None:
+    """Row 2: one 40,000-letter target; a 1 MB one."""
+    run.expect(raw_call(run.url, "edit_gan", _with(GAN_CALL, 3, "a" * 40_000)), (), r"300", 10.0)
+    run.expect(raw_call(run.url, "edit_gan", _with(GAN_CALL, 3, "a" * 2**20)), (413,), r"300 characters", 2.0)
+
+
+def _send_row_3(run: _AbuseRun) -> None:
+    """Row 3: 10 targets of 2.8 MB of unique words."""
+    lines = "\n".join(_unique_words(2_800_000, seed) for seed in range(10))
+    run.expect(raw_call(run.url, "edit_gan", _with(GAN_CALL, 3, lines)), (413,), r"maximum is \d+ KB", 5.0)
+
+
+def _send_row_4(run: _AbuseRun) -> None:
+    """Row 4: a data: URL image; a 13000 x 13000 PNG upload."""
+    small = (
+        "data:image/png;base64," + __import__("base64").b64encode(_png_claiming_size(13000, 13000)).decode()
+    )
+    run.expect(
+        raw_call(run.url, "edit_gan", _with(GAN_CALL, 1, {"url": small})),
+        (400,),
+        r"URLs are not accepted",
+        2.0,
+    )
+    image = run.upload("huge.png", _png_of_size(13000, 13000))
+    run.expect(raw_call(run.url, "edit_gan", _with(GAN_CALL, 1, image)), (), r"too large.*50,000,000", 10.0)
+
+
+def _send_row_5(run: _AbuseRun) -> None:
+    """Row 5: 40 DeltaEdit-D calls at once from one visitor."""
+    heavy = _with(D_CALL, 3, "\n".join(f"face with smile {i}" for i in range(16)))
+    heavy[6] = 200
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = list(pool.map(lambda _: raw_call(run.url, "edit_diffusion", heavy, timeout=120), range(40)))
+    accepted = [a for a in answers if a.status == 200]
+    limited = [a for a in answers if a.status == 429]
+    if len(accepted) > 3 or len(limited) < 37:
+        run.problems.append(f"one visitor had {len(accepted)} calls queued ({len(limited)} told to wait)")
+    elif not re.search(r"already have \d+ edits waiting", limited[0].text):
+        run.problems.append(f"the per-visitor refusal does not say why: {limited[0].text[:120]}")
+    for answer in accepted:  # each queued one is refused for its cost, cheaply
+        run.expect(answer, (), r"at most 800", 60.0)
+
+
+def _send_row_6(run: _AbuseRun) -> None:
+    """Row 6: an upload of 5 x 19 MB; one of 1000 small files."""
+    status, text = _upload(run.url, [(f"big{i}.bin", b"\0" * (19 * 2**20)) for i in range(5)])
+    run.expect(RawAnswer(status, "refused", text, 0.0), (413,), r"maximum is \d+ MB", 5.0)
+    status, text = _upload(run.url, [(f"small{i}.png", b"x") for i in range(1000)])
+    run.expect(RawAnswer(status, "refused", text, 0.0), (400,), r"at most \d+ files", 5.0)
+
+
+def _send_row_7(run: _AbuseRun) -> None:
+    """Row 7: 3 bodies of 7.6 MB at once."""
+    body = json.dumps({"data": _with(GAN_CALL, 3, "x" * (7_600_000))}).encode()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(lambda _: raw_call(run.url, "edit_gan", None, body=body), range(3)))
+    for answer in answers:
+        run.expect(answer, (413,), r"maximum is \d+ KB", 5.0)
+
+
+def _send_row_8(run: _AbuseRun) -> None:
+    """Row 8: JSON nested 100,000 deep."""
+    for body in (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"[" * 30_000):
+        run.expect(
+            raw_call(run.url, "edit_gan", None, body=body),
+            (400, 413),
+            r"nested too deeply|maximum is \d+ KB",
             2.0,
         )
-        image = upload("huge.png", _png_of_size(13000, 13000))
-        expect(raw_call(url, "edit_gan", _with(GAN_CALL, 1, image)), (), r"too large.*50,000,000", 10.0)
-    elif row == 5:
-        heavy = _with(D_CALL, 3, "\n".join(f"face with smile {i}" for i in range(16)))
-        heavy[6] = 200
-        with ThreadPoolExecutor(max_workers=40) as pool:
-            answers = list(pool.map(lambda _: raw_call(url, "edit_diffusion", heavy, timeout=120), range(40)))
-        accepted = [a for a in answers if a.status == 200]
-        limited = [a for a in answers if a.status == 429]
-        if len(accepted) > 3 or len(limited) < 37:
-            problems.append(f"one visitor had {len(accepted)} calls queued ({len(limited)} told to wait)")
-        elif not re.search(r"already have \d+ edits waiting", limited[0].text):
-            problems.append(f"the per-visitor refusal does not say why: {limited[0].text[:120]}")
-        for answer in accepted:  # each queued one is refused for its cost, cheaply
-            expect(answer, (), r"at most 800", 60.0)
-    elif row == 6:
-        status, text = _upload(url, [(f"big{i}.bin", b"\0" * (19 * 2**20)) for i in range(5)])
-        expect(RawAnswer(status, "refused", text, 0.0), (413,), r"maximum is \d+ MB", 5.0)
-        status, text = _upload(url, [(f"small{i}.png", b"x") for i in range(1000)])
-        expect(RawAnswer(status, "refused", text, 0.0), (400,), r"at most \d+ files", 5.0)
-    elif row == 7:
-        body = json.dumps({"data": _with(GAN_CALL, 3, "x" * (7_600_000))}).encode()
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            answers = list(pool.map(lambda _: raw_call(url, "edit_gan", None, body=body), range(3)))
-        for answer in answers:
-            expect(answer, (413,), r"maximum is \d+ KB", 5.0)
-    elif row == 8:
-        for body in (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"[" * 30_000):
-            expect(
-                raw_call(url, "edit_gan", None, body=body),
-                (400, 413),
-                r"nested too deeply|maximum is \d+ KB",
-                2.0,
-            )
-        deep = b'{"data": ' + b"[" * 40 + b"]" * 40 + b"}"
-        expect(raw_call(url, "edit_gan", None, body=deep), (400,), r"nested too deeply \(at most \d+", 2.0)
-    elif row == 9:
-        eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
-        for name in ("face.eps", "face.png"):
-            image = upload(name, eps)
-            answer = raw_call(url, "edit_gan", _with(GAN_CALL, 1, image))
-            expect(answer, (), r"not a readable image \(allowed: PNG, JPEG", 10.0)
-            if "ghostscript" in answer.text.lower():
-                problems.append("Pillow handed the file to Ghostscript")
-    elif row == 10:
-        expect(
-            raw_call(url, "edit_diffusion", _with(D_CALL, 6, float("nan"))),
-            (),
-            r"DDIM steps must be a finite number",
-            10.0,
-        )
-        expect(
-            raw_call(url, "edit_gan", GAN_CALL[:-1]), (400,), r"takes 8 values.*domain, image, source", 2.0
-        )
-    elif row == 11:
-        for target in ("http://example.com/face.png", "https://127.0.0.1:9/x"):
-            status, text = raw_request(url, "GET", f"/gradio_api/file={target}")
-            expect(RawAnswer(status, "refused", text, 0.0), (403,), r"does not fetch URLs", 2.0)
-    else:
-        raise InputError(f"no abuse row {row}; rows: {', '.join(map(str, ABUSE_ROWS))}")
-    if new := files_under(upload_dir) - before - uploaded:
-        problems.append(f"files appeared in the upload folder: {sorted(new)[:3]}")
-    seconds = time.perf_counter() - t0
-    name = f"row {row}: {ABUSE_ROWS[row]}"
-    return CaseResult(
-        name, "abuse", not problems, "error", "; ".join(problems) or "refused or bounded", seconds
+    deep = b'{"data": ' + b"[" * 40 + b"]" * 40 + b"}"
+    run.expect(
+        raw_call(run.url, "edit_gan", None, body=deep), (400,), r"nested too deeply \(at most \d+", 2.0
     )
+
+
+def _send_row_9(run: _AbuseRun) -> None:
+    """Row 9: an EPS file as the image."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n"
+    for name in ("face.eps", "face.png"):
+        image = run.upload(name, eps)
+        answer = raw_call(run.url, "edit_gan", _with(GAN_CALL, 1, image))
+        run.expect(answer, (), r"not a readable image \(allowed: PNG, JPEG", 10.0)
+        if "ghostscript" in answer.text.lower():
+            run.problems.append("Pillow handed the file to Ghostscript")
+
+
+def _send_row_10(run: _AbuseRun) -> None:
+    """Row 10: steps = NaN; a value missing."""
+    run.expect(
+        raw_call(run.url, "edit_diffusion", _with(D_CALL, 6, float("nan"))),
+        (),
+        r"DDIM steps must be a finite number",
+        10.0,
+    )
+    run.expect(
+        raw_call(run.url, "edit_gan", GAN_CALL[:-1]), (400,), r"takes 8 values.*domain, image, source", 2.0
+    )
+
+
+def _send_row_11(run: _AbuseRun) -> None:
+    """Row 11: /file=http(s) URL (an open proxy?)."""
+    for target in ("http://example.com/face.png", "https://127.0.0.1:9/x"):
+        status, text = raw_request(run.url, "GET", f"/gradio_api/file={target}")
+        run.expect(RawAnswer(status, "refused", text, 0.0), (403,), r"does not fetch URLs", 2.0)
+
+
+ROW_SENDERS = {
+    1: _send_row_1,
+    2: _send_row_2,
+    3: _send_row_3,
+    4: _send_row_4,
+    5: _send_row_5,
+    6: _send_row_6,
+    7: _send_row_7,
+    8: _send_row_8,
+    9: _send_row_9,
+    10: _send_row_10,
+    11: _send_row_11,
+}
 
 
 def _with(values: list, index: int, value) -> list:
