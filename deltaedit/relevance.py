@@ -144,16 +144,8 @@ def compute_fs3(
         list(range(layout.total)) if channels is None else list(channels), dtype=torch.long
     )
 
-    if codes is None:
-        mean, std = (t.to(device) for t in channel_stats(G, n_stats, truncation, seed + 1))
-        w_plus = G.sample_w_plus(n_samples, truncation=truncation, seed=seed).to(device)
-    else:
-        codes = codes.to(device)
-        all_s = torch.cat(w_plus_to_s(G, codes), dim=1)
-        mean, std = all_s.mean(0), all_s.std(0)
-        pick = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))[:n_samples]
-        w_plus = codes[pick.to(device)]
-        n_samples = len(w_plus)
+    mean, std, w_plus = _fs3_codes(G, n_samples, n_stats, truncation, seed, codes, device)
+    n_samples = len(w_plus)
     base = torch.cat(w_plus_to_s(G, w_plus), dim=1)
 
     jobs_per_batch = batch_size // 2  # each job is one (channel, sample) pair = two decodes
@@ -161,12 +153,8 @@ def compute_fs3(
     n_batches = -(-n_jobs // jobs_per_batch)
     acc = None
     seconds = []
-    bar = tqdm(
-        total=n_batches if max_batches is None else min(n_batches, max_batches),
-        desc="fs3",
-        unit="batch",
-        disable=not progress,
-    )
+    total = n_batches if max_batches is None else min(n_batches, max_batches)
+    bar = tqdm(total=total, desc="fs3", unit="batch", disable=not progress)
     for b, start in enumerate(range(0, n_jobs, jobs_per_batch)):
         if max_batches is not None and b >= max_batches:
             break
@@ -174,15 +162,8 @@ def compute_fs3(
         job = torch.arange(start, min(start + jobs_per_batch, n_jobs))
         c = chans[job // n_samples].to(device)
         i = (job % n_samples).to(device)
-        s = base[i].repeat(2, 1)
-        rows = torch.arange(len(s), device=device)
-        shift = alpha * std[c]
-        s[rows, c.repeat(2)] = torch.cat([mean[c] + shift, mean[c] - shift])
-        images = decode(s, w_plus[i].repeat(2, 1, 1))
-        feats = clip.image_features(images.clamp(-1, 1), image_size=images.shape[-1]).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        plus, minus = feats.chunk(2)
-        diff = _unit_rows(plus - minus, NO_EFFECT)
+        images = decode(_shifted_codes(base[i], c, mean, std, alpha), w_plus[i].repeat(2, 1, 1))
+        diff = _feature_differences(clip, images)
         if acc is None:
             acc = torch.zeros(layout.total, diff.shape[1], dtype=torch.float64, device=device)
         acc.index_add_(0, c, diff.double())
@@ -193,14 +174,52 @@ def compute_fs3(
         raise InputError("compute_fs3 ran no batch (max_batches=0 or no channels)")
     fs3 = _unit_rows((acc / n_samples).float(), 1e-12).cpu()
     if stats is not None:
-        steady = seconds[1:] or seconds  # the first batch pays one-off warm-up costs
-        per_batch = float(np.mean(steady)) if steady else float("nan")
-        stats.update(
-            seconds_per_batch=per_batch,
-            images_per_batch=2 * jobs_per_batch,
-            batches=n_batches,
-            batches_run=len(seconds),
-            seconds=float(sum(seconds)),
-            projected_seconds=per_batch * n_batches,
-        )
+        stats.update(_cost(seconds, jobs_per_batch, n_batches))
     return fs3
+
+
+def _fs3_codes(G, n_samples, n_stats, truncation, seed, codes, device):
+    """(channel mean [S], channel std [S], the W+ samples [n, L, D]) for `compute_fs3`: drawn from z
+    with `truncation`, or taken from `codes` (a random `n_samples` of them, statistics over all)."""
+    from .nn.stylespace import w_plus_to_s
+
+    if codes is None:
+        mean, std = (t.to(device) for t in channel_stats(G, n_stats, truncation, seed + 1))
+        return mean, std, G.sample_w_plus(n_samples, truncation=truncation, seed=seed).to(device)
+    codes = codes.to(device)
+    all_s = torch.cat(w_plus_to_s(G, codes), dim=1)
+    pick = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))[:n_samples]
+    return all_s.mean(0), all_s.std(0), codes[pick.to(device)]
+
+
+def _shifted_codes(base: torch.Tensor, c: torch.Tensor, mean, std, alpha: float) -> torch.Tensor:
+    """Each code of `base` [B, S] twice: channel c[j] of row j set to its mean + alpha·std, then
+    (rows B..2B) to its mean − alpha·std."""
+    s = base.repeat(2, 1)
+    rows = torch.arange(len(s), device=s.device)
+    shift = alpha * std[c]
+    s[rows, c.repeat(2)] = torch.cat([mean[c] + shift, mean[c] - shift])
+    return s
+
+
+def _feature_differences(clip, images: torch.Tensor) -> torch.Tensor:
+    """Unit CLIP-feature differences of the first half of `images` (channels at +alpha·std) minus
+    the second (at −alpha·std); zero where the change moved nothing."""
+    feats = clip.image_features(images.clamp(-1, 1), image_size=images.shape[-1]).float()
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    plus, minus = feats.chunk(2)
+    return _unit_rows(plus - minus, NO_EFFECT)
+
+
+def _cost(seconds: list[float], jobs_per_batch: int, n_batches: int) -> dict:
+    """What a (possibly short) fs3 run measured, and what the whole run would take."""
+    steady = seconds[1:] or seconds  # the first batch pays one-off warm-up costs
+    per_batch = float(np.mean(steady)) if steady else float("nan")
+    return dict(
+        seconds_per_batch=per_batch,
+        images_per_batch=2 * jobs_per_batch,
+        batches=n_batches,
+        batches_run=len(seconds),
+        seconds=float(sum(seconds)),
+        projected_seconds=per_batch * n_batches,
+    )
