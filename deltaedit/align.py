@@ -121,6 +121,40 @@ def face_quad(lm: np.ndarray) -> tuple[np.ndarray, float]:
     return quad, float(np.hypot(*x) * 2)
 
 
+def _pad_outside(img: Image.Image, quad: np.ndarray, qsize: float, border: int):
+    """Where the square leaves the photo: reflect, blur towards the edge, fade to the median.
+    Returns the padded picture and the square moved onto it."""
+    from scipy.ndimage import gaussian_filter
+
+    pad = (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+    pad = (
+        max(-pad[0] + border, 0),
+        max(-pad[1] + border, 0),
+        max(pad[2] - img.size[0] + border, 0),
+        max(pad[3] - img.size[1] + border, 0),
+    )
+    if max(pad) > border - 4:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+        h, w, _ = arr.shape
+        yy, xx, _ = np.ogrid[:h, :w, :1]
+        mask = np.maximum(
+            1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+            1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
+        )
+        blur = qsize * 0.02
+        arr += (gaussian_filter(arr, [blur, blur, 0]) - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+        arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
+        img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
+        quad += pad[:2]
+    return img, quad
+
+
 def align_from_landmarks(
     img: Image.Image,
     lm: np.ndarray,
@@ -132,8 +166,6 @@ def align_from_landmarks(
 
     e4e aligns with output_size = transform_size = 256; the FFHQ dataset used 1024 / 4096.
     """
-    from scipy.ndimage import gaussian_filter
-
     transform_size = transform_size or output_size
     img = img.convert("RGB")
     quad, qsize = face_quad(lm)
@@ -166,33 +198,8 @@ def align_from_landmarks(
         img = img.crop(crop)
         quad -= crop[0:2]
 
-    # Pad where the square leaves the photo: reflect, blur towards the edge, fade to the median.
-    pad = (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
-    pad = (
-        max(-pad[0] + border, 0),
-        max(-pad[1] + border, 0),
-        max(pad[2] - img.size[0] + border, 0),
-        max(pad[3] - img.size[1] + border, 0),
-    )
-    if enable_padding and max(pad) > border - 4:
-        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
-        h, w, _ = arr.shape
-        yy, xx, _ = np.ogrid[:h, :w, :1]
-        mask = np.maximum(
-            1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
-            1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]),
-        )
-        blur = qsize * 0.02
-        arr += (gaussian_filter(arr, [blur, blur, 0]) - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
-        arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
-        img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
-        quad += pad[:2]
+    if enable_padding:
+        img, quad = _pad_outside(img, quad, qsize, border)
 
     # Transform: sample the (rotated) square into an upright transform_size image.
     img = img.transform(
