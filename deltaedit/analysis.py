@@ -56,6 +56,7 @@ def clip_features(clip, images, captions: list[str], image_size: int, batch_size
 def toy_features(count: int, render_seed: int = 0, device: str = "cpu", weights_dir=None, batch_size: int = 64):
     """`count` rendered toy faces and their captions through the toy CLIP: (image, text) features."""
     try:
+        from .domain import Domain
         from .models import load_clip
         from .toy.attributes import captions
         from .toy.render import render_batch
@@ -66,7 +67,7 @@ def toy_features(count: int, render_seed: int = 0, device: str = "cpu", weights_
         ) from exc
     if count < MIN_PAIRS:
         raise InputError(f"--count must be at least {MIN_PAIRS}")
-    clip = load_clip("toy", device, weights_dir)
+    clip = load_clip(Domain.open("toy", weights_dir), device)
     images, attrs = render_batch(count, render_seed, as_tensor=True)
     texts = captions(attrs, render_seed)
     return clip_features(clip, lambda a, b: images[a:b], texts, images.shape[-1], batch_size)

@@ -13,8 +13,9 @@ from .errors import InputError
 BACKBONES = ("gan", "diffusion")
 
 
-def load_editor(domain: str = "ffhq", backbone: str = "gan", device: str = "cpu", weights_dir=None):
-    """The shared, cached editor of `domain` (ffhq, toy) for `backbone` (gan, diffusion)."""
+def load_editor(domain="ffhq", backbone: str = "gan", device: str = "cpu", weights_dir=None):
+    """The shared, cached editor of `domain` (ffhq, toy; or a `deltaedit.domain.Domain`) for
+    `backbone` (gan, diffusion), its weights looked for in `weights_dir` first."""
     if backbone == "gan":
         from .pipelines.gan import GanEditor
 

@@ -79,6 +79,7 @@ def random_ffhq_clip(device: str = "cpu"):
 def random_ffhq_editor(device: str = "cpu"):
     """A DeltaEdit-G editor with random weights in the official FFHQ shapes (no files needed)."""
     from .config import load_domain_config
+    from .domain import Domain
     from .nn.mapper import DeltaMapper
     from .nn.stylegan2 import Generator
     from .nn.stylespace import layout_from_generator
@@ -95,7 +96,7 @@ def random_ffhq_editor(device: str = "cpu"):
     )
     clip = random_ffhq_clip(device)
     fs3 = torch.randn(layout_from_generator(G).total, cfg.clip.embed_dim) * 0.02
-    return GanEditor(cfg, G, mapper, clip, fs3, device=device)
+    return GanEditor(Domain.open("ffhq"), G, mapper, clip, fs3, device=device)
 
 
 def bench_text(clip, phrase: str = "face with a sparkling smile", repeat: int = 2) -> list[Row]:
@@ -285,9 +286,10 @@ def _write_random_ffhq_weights(folder: Path) -> None:
 _MEMORY_PROBE = """
 import json, sys, torch
 from deltaedit import models
-d = sys.argv[1]
-models.load_generator("ffhq", "cpu", d); models.load_mapper("ffhq", "cpu", d)
-models.load_clip("ffhq", "cpu", d); models.load_encoder("ffhq", "cpu", d)
+from deltaedit.domain import Domain
+d = Domain.open("ffhq", sys.argv[1])
+models.load_generator(d, "cpu"); models.load_mapper(d, "cpu")
+models.load_clip(d, "cpu"); models.load_encoder(d, "cpu")
 # VmHWM belongs to this process's own address space (ru_maxrss would carry the parent's over exec).
 hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak_gb": hwm_kb / 2**20}))

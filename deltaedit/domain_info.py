@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import vocabulary, weights
+from . import vocabulary
 from .config import list_domains, load_domain_config
+from .domain import Domain
 from .errors import InputError, WeightsError
 
 BACKBONE_NAMES = {"gan": "DeltaEdit-G", "diffusion": "DeltaEdit-D"}
@@ -110,7 +111,7 @@ def for_the_page(text: str) -> str:
 
 def missing_weights(domain: str) -> list:
     """The weight files DeltaEdit-G of `domain` needs and this machine lacks (no network access)."""
-    return weights.missing_for_domain(load_domain_config(check_domain(domain)))
+    return Domain.open(check_domain(domain)).missing()
 
 
 def missing_weights_error(domain: str, exc: WeightsError) -> WeightsError:
@@ -148,9 +149,9 @@ def sample_examples(domain: str, kind: str) -> list[tuple[int, str, str]]:
 def samples_available(domain: str) -> bool:
     """Whether the weights for editing `domain`'s generator samples are here (no network, no
     loading): every file but the photo encoder and the face landmarks, which only photos need."""
-    cfg = load_domain_config(check_domain(domain))
-    photo_only = {cfg.weights.get("e4e"), cfg.weights.get("landmarks")}
-    return not [m for m in weights.missing_for_domain(cfg) if m.tag not in photo_only]
+    resolved = Domain.open(check_domain(domain))
+    photo_only = {resolved.config.weights.get(role) for role in ("e4e", "landmarks")}
+    return not [m for m in resolved.missing() if m.tag not in photo_only]
 
 
 def check_backbone(backbone) -> str:

@@ -2,7 +2,8 @@
 
 Every loader resolves its file through `deltaedit.weights`, reads it without unpickling code
 (`weights_only=True` or safetensors), strict-loads it, and caches the module per
-(domain, device, weights_dir) so all tabs, backbones and commands share one copy.
+(domain, its weights folder, device) so all tabs, backbones and commands share one copy. Each
+loader takes a `deltaedit.domain.Domain`, resolved once by the editor or command that asks.
 """
 
 from __future__ import annotations
@@ -16,15 +17,11 @@ import numpy as np
 import torch
 
 from . import weights
-from .config import DomainConfig, load_domain_config
+from .domain import Domain
 from .errors import WeightsError
 
 log = logging.getLogger(__name__)
 _lock = threading.RLock()  # model loading is not re-entrant-safe across threads (app workers)
-
-
-def _key(weights_dir) -> str | None:
-    return str(Path(weights_dir).expanduser().resolve()) if weights_dir else None
 
 
 def read_state_dict(path: Path, key: str | None = None, prefix: str | None = None) -> dict[str, torch.Tensor]:
@@ -67,55 +64,53 @@ def strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
     return module.eval().requires_grad_(False)
 
 
-def _domain(domain: str | DomainConfig) -> DomainConfig:
-    return domain if isinstance(domain, DomainConfig) else load_domain_config(domain)
+def _check(domain) -> Domain:
+    if not isinstance(domain, Domain):
+        raise TypeError(f"the model loaders take a deltaedit.domain.Domain (Domain.open(name)), got {domain!r}")
+    return domain
 
 
 @cache
-def _generator(domain: str, device: str, weights_dir: str | None):
+def _generator(domain: Domain, device: str):
     from .nn.stylegan2 import Generator
 
-    cfg = load_domain_config(domain)
-    G = Generator.from_config(cfg.generator)
-    if domain == "ffhq":
-        path, prefix = weights.resolve_generator(weights_dir)
-        state = read_state_dict(path, key="state_dict" if prefix else "g_ema", prefix=prefix)
-    else:
-        path = weights.resolve(cfg.weights["generator"], weights_dir)
+    G = Generator.from_config(domain.config.generator)
+    path, prefix = domain.generator_weight()
+    if path.suffix == ".safetensors":
         state = read_state_dict(path)
+    else:  # rosinality's checkpoint ({"g_ema": ...}) or e4e's copy under "decoder."
+        state = read_state_dict(path, key="state_dict" if prefix else "g_ema", prefix=prefix)
     log.info("generator: %s", path)
     return strict_load(G, state, path).to(device)
 
 
-def load_generator(domain, device="cpu", weights_dir=None):
+def load_generator(domain: Domain, device="cpu"):
     with _lock:
-        return _generator(_domain(domain).id, str(device), _key(weights_dir))
+        return _generator(_check(domain), str(device))
 
 
 @cache
-def _mapper(domain: str, device: str, weights_dir: str | None):
+def _mapper(domain: Domain, device: str):
     from .nn.mapper import DeltaMapper
     from .nn.stylespace import layout_from_generator
 
-    cfg = load_domain_config(domain)
-    layout = layout_from_generator(load_generator(domain, device, weights_dir))
-    path = weights.resolve(cfg.weights["mapper"], weights_dir)
-    mapper = DeltaMapper(layout, clip_dim=cfg.clip.embed_dim)
+    layout = layout_from_generator(load_generator(domain, device))
+    path = domain.weight("mapper")
+    mapper = DeltaMapper(layout, clip_dim=domain.config.clip.embed_dim)
     return strict_load(mapper, read_state_dict(path), path).to(device)
 
 
-def load_mapper(domain, device="cpu", weights_dir=None):
+def load_mapper(domain: Domain, device="cpu"):
     with _lock:
-        return _mapper(_domain(domain).id, str(device), _key(weights_dir))
+        return _mapper(_check(domain), str(device))
 
 
 @cache
-def _encoder(domain: str, device: str, weights_dir: str | None):
+def _encoder(domain: Domain, device: str):
     from .nn.e4e import Encoder4Editing
 
-    cfg = load_domain_config(domain)
-    G = load_generator(domain, device, weights_dir)
-    path = weights.resolve(cfg.weights["e4e"], weights_dir)
+    G = load_generator(domain, device)
+    path = domain.weight("e4e")
     if path.suffix == ".safetensors":
         state = read_state_dict(path)
         latent_avg = state.pop("latent_avg", None)
@@ -127,7 +122,7 @@ def _encoder(domain: str, device: str, weights_dir: str | None):
         latent_avg = ckpt["latent_avg"]
     if latent_avg is None:
         raise WeightsError(f"{path} has no latent_avg tensor")
-    encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim)
+    encoder = Encoder4Editing.from_config(domain.config.encoder, n_latent=G.n_latent, style_dim=G.style_dim)
     encoder = strict_load(encoder, state, path).to(device)
     latent_avg = latent_avg.float().reshape(-1, G.style_dim)
     if latent_avg.shape[0] == 1:
@@ -135,79 +130,73 @@ def _encoder(domain: str, device: str, weights_dir: str | None):
     return encoder, latent_avg.to(device)
 
 
-def load_encoder(domain, device="cpu", weights_dir=None):
+def load_encoder(domain: Domain, device="cpu"):
     """(encoder, latent_avg [n_latent, style_dim]); W+ = encoder(x) + latent_avg."""
     with _lock:
-        return _encoder(_domain(domain).id, str(device), _key(weights_dir))
+        return _encoder(_check(domain), str(device))
 
 
 @cache
-def _clip(domain: str, device: str, weights_dir: str | None):
+def _clip(domain: Domain, device: str):
     from .clip import DomainClip, load_clip_model
 
-    cfg = load_domain_config(domain)
-    path = weights.resolve(cfg.weights["clip"], weights_dir)
-    model, tokenizer = load_clip_model(cfg, path, device)
-    return DomainClip(model, tokenizer, cfg)
+    model, tokenizer = load_clip_model(domain.config, domain.weight("clip"), device)
+    return DomainClip(model, tokenizer, domain.config)
 
 
-def load_clip(domain, device="cpu", weights_dir=None):
+def load_clip(domain: Domain, device="cpu"):
     with _lock:
-        return _clip(_domain(domain).id, str(device), _key(weights_dir))
+        return _clip(_check(domain), str(device))
 
 
 @cache
-def _fs3(domain: str, weights_dir: str | None) -> torch.Tensor:
+def _fs3(domain: Domain) -> torch.Tensor:
     from .nn.stylegan2 import Generator
     from .nn.stylespace import layout_from_generator
     from .relevance import load_fs3
 
-    cfg = load_domain_config(domain)
     with torch.device("meta"):  # only the S layout is needed: no memory, no init cost
-        n_channels = layout_from_generator(Generator.from_config(cfg.generator)).total
-    path = weights.resolve(cfg.weights["fs3"], weights_dir)
-    fs3 = load_fs3(path, n_channels=n_channels, clip_dim=cfg.clip.embed_dim)
+        n_channels = layout_from_generator(Generator.from_config(domain.config.generator)).total
+    fs3 = load_fs3(domain.weight("fs3"), n_channels=n_channels, clip_dim=domain.config.clip.embed_dim)
     return torch.from_numpy(np.ascontiguousarray(fs3))
 
 
-def load_relevance(domain, weights_dir=None) -> torch.Tensor:
+def load_relevance(domain: Domain) -> torch.Tensor:
     with _lock:
-        return _fs3(_domain(domain).id, _key(weights_dir))
+        return _fs3(_check(domain))
 
 
 @cache
-def _feature_bank(domain: str, weights_dir: str | None):
+def _feature_bank(domain: Domain):
     from .grounding import load_feature_bank
 
-    cfg = load_domain_config(domain)
-    if "feature_bank" not in cfg.weights:
+    if "feature_bank" not in domain.config.weights:
         return None
     # A bank only means something for the CLIP that made it: take it from the CLIP's own folder.
-    clip_path = weights.resolve(cfg.weights["clip"], weights_dir)
-    path = weights.find_in_dir(cfg.weights["feature_bank"], clip_path.parent)
+    clip_path = domain.weight("clip")
+    path = weights.find_in_dir(domain.tag("feature_bank"), clip_path.parent)
     if path is None:
         log.info("no feature bank beside %s: text deltas go to the mapper as they are", clip_path)
         return None
-    return load_feature_bank(path, clip_dim=cfg.clip.embed_dim)
+    return load_feature_bank(path, clip_dim=domain.config.clip.embed_dim)
 
 
-def load_feature_bank(domain, weights_dir=None):
+def load_feature_bank(domain: Domain):
     """The domain's FeatureBank (`deltaedit.grounding`), or None where it has none."""
     with _lock:
-        return _feature_bank(_domain(domain).id, _key(weights_dir))
+        return _feature_bank(_check(domain))
 
 
 @cache
-def _aligner(domain: str, weights_dir: str | None):
+def _aligner(domain: Domain):
     from .align import FaceAligner
 
-    cfg = load_domain_config(domain)
-    return FaceAligner(weights.resolve(cfg.weights["landmarks"], weights_dir))
+    return FaceAligner(domain.weight("landmarks"))
 
 
-def load_aligner(domain, weights_dir=None):
+def load_aligner(domain: Domain):
     with _lock:
-        return _aligner(_domain(domain).id, _key(weights_dir))
+        return _aligner(_check(domain))
 
 
 def clear_cache() -> None:

@@ -312,7 +312,7 @@ def fetch(tag: str, target_dir=None, progress: bool = True) -> Path:
         try:
             path = _download(src, target, progress, force=attempt > 0)
         except _Unreachable as exc:
-            raise WeightsError(missing_message(tag, str(exc), target_dir)) from exc
+            raise WeightsError(missing_message(tag, str(exc))) from exc
         if _hash_ok(path, src):
             return path
         log.warning("%s: sha256 mismatch after download; retrying once", path)
@@ -340,7 +340,7 @@ def resolve(tag: str, weights_dir=None, download: bool = True, progress: bool = 
                 f" a different file; replace it with {src.filename} from {src.origin()}"
             )
     if not download:
-        raise WeightsError(missing_message(tag, "downloads are disabled", weights_dir))
+        raise WeightsError(missing_message(tag, "downloads are disabled"))
     return fetch(tag, progress=progress)
 
 
@@ -364,51 +364,11 @@ def resolve_generator(
     return resolve(generator_tag, weights_dir, download, progress), None
 
 
-def _domains_using(tag: str) -> list:
-    from .config import list_domains, load_domain_config
-
-    configs = [load_domain_config(d) for d in list_domains()]
-    return [c for c in configs if tag in c.weights.values()]
-
-
-def missing_for_domain(domain, weights_dir=None, include_optional: bool = False) -> list[WeightSource]:
-    """The domain's weight sources with no local copy (no network access)."""
-    from .config import load_domain_config
-
-    cfg = domain if hasattr(domain, "weights") else load_domain_config(domain)
-    missing = []
-    for role, tag in cfg.weights.items():
-        src = get_source(tag)
-        if (src.optional and not include_optional) or find_local(tag, weights_dir) is not None:
-            continue
-        e4e_tag = cfg.weights.get("e4e")
-        if role == "generator" and e4e_tag and not src.packaged and find_local(e4e_tag, weights_dir):
-            continue  # the e4e file holds the generator
-        missing.append(src)
-    return missing
-
-
-def missing_message(tag: str, reason: str, weights_dir=None) -> str:
-    """Why `tag` is unavailable, every missing file of its domain(s), and where to put them."""
+def missing_message(tag: str, reason: str) -> str:
+    """Why `tag` could not be had, and its source's own hint. The domain a file belongs to adds
+    its other missing files and where to put them (`deltaedit.domain.Domain.weight`)."""
     src = get_source(tag)
     lines = [f"could not get {src.filename} ({tag}): {reason}."]
-    for cfg in _domains_using(tag):
-        missing = missing_for_domain(cfg, weights_dir, include_optional=src.optional)
-        if src not in missing:
-            missing.append(src)
-        if src.packaged:
-            lines.append(f"Missing files of domain {cfg.id!r} under {weight_registry.PACKAGED_DIR}:")
-        else:
-            lines.append(f"Missing files of domain {cfg.id!r}:")
-        lines += [f"  {m.filename}  <- {m.origin()}" for m in missing]
-        if not src.packaged:
-            lines.append(
-                "Put them, with these file names, in a folder and pass --weights-dir DIR or set"
-                f" DELTAEDIT_WEIGHTS_DIR=DIR; on a machine with internet access `python -m deltaedit"
-                f" download --domain {cfg.id} --weights-dir DIR` fetches them."
-            )
     if src.unavailable_hint and src.unavailable_hint not in reason:
         lines.append(src.unavailable_hint)
     return "\n".join(lines)
-
-

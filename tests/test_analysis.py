@@ -263,8 +263,8 @@ def fake_clip(monkeypatch):
     fake = FakeClip()
     calls = []
 
-    def load_clip(domain, device="cpu", weights_dir=None):
-        calls.append(domain)
+    def load_clip(domain, device="cpu"):
+        calls.append(domain.id)  # the loaders take a resolved Domain
         return fake
 
     monkeypatch.setattr("deltaedit.models.load_clip", load_clip)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deltaedit import models
+from deltaedit.domain import Domain
 from deltaedit.errors import InputError, WeightsError
 from deltaedit.grounding import FeatureBank, load_feature_bank
 
@@ -128,9 +129,9 @@ def test_load_feature_bank_reads_npy_and_refuses_bad_files(tmp_path):
 
 
 def test_toy_domain_ships_a_bank_for_its_clip_and_ffhq_has_none():
-    bank = models.load_feature_bank("toy")
+    bank = models.load_feature_bank(Domain.open("toy"))
     assert bank is not None and bank.dim == 128 and len(bank) >= 1000
-    assert models.load_feature_bank("ffhq") is None
+    assert models.load_feature_bank(Domain.open("ffhq")) is None
 
 
 def test_toy_editor_feeds_the_mapper_the_grounded_delta_and_selects_with_the_text_s():

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from deltaedit import cli, reliability, service, weights
+from deltaedit.domain import Domain
 from deltaedit.errors import DeltaEditError, InputError, WeightsError
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -306,7 +307,7 @@ def test_corrupt_toy_weights_name_the_file(toy_dir, tmp_path, damage):
     data = generator.read_bytes()
     generator.write_bytes({"truncated": data[: len(data) // 2], "text": b"not weights", "empty": b""}[damage])
     with pytest.raises(WeightsError, match=re.escape(str(generator))):
-        models.load_generator("toy", "cpu", folder)
+        models.load_generator(Domain.open("toy", folder), "cpu")
 
 
 # ---------------------------------------------------------------- CLI: a pickle payload in a latent file

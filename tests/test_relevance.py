@@ -11,6 +11,7 @@ import torch
 
 from deltaedit.clip import DomainClip, build_clip_from_config, build_tokenizer
 from deltaedit.config import ClipConfig, load_domain_config
+from deltaedit.domain import Domain
 from deltaedit.errors import InputError, WeightsError
 from deltaedit.nn.stylegan2 import Generator
 from deltaedit.nn.stylespace import decode_s, layout_from_generator
@@ -167,9 +168,9 @@ def test_cli_relevance_toy_perturbs_encoded_renders(captured_codes, tmp_path, ca
     assert cli.main(argv + ["--seed", "2", "--estimate", "1"]) == 0
     assert "projected" not in capsys.readouterr().err
     codes = captured_codes["codes"]
-    G = models.load_generator("toy", "cpu")
+    G = models.load_generator(Domain.open("toy"), "cpu")
     assert codes.shape == (FS3_CODES, G.n_latent, G.style_dim)
-    encoder, latent_avg = models.load_encoder("toy", "cpu")
+    encoder, latent_avg = models.load_encoder(Domain.open("toy"), "cpu")
     images, _ = render_dataset(3, 2)
     with torch.no_grad():
         expected = encoder(images_to_tensor(images)) + latent_avg[None]
@@ -190,7 +191,7 @@ def test_cli_relevance_takes_codes_folder(captured_codes, tmp_path):
     assert not out.exists()  # --estimate only times batches
 
     # W+ of another generator's shape: a clear error (exit 2), no output file.
-    G = models.load_generator("toy", "cpu")
+    G = models.load_generator(Domain.open("toy"), "cpu")
     bad = tmp_path / "bad"
     (bad).mkdir()
     meta = json.loads((codes_dir / "meta.json").read_text())

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from deltaedit import cli, models
+from deltaedit.domain import Domain
 from deltaedit.pipelines.gan import GanEditor
 from deltaedit.toy import train as toy_train
 
@@ -691,9 +692,9 @@ def test_shipped_relevance_matrix_is_reproduced_by_our_code():
     from deltaedit.relevance import compute_fs3, load_fs3
     from deltaedit.toy.train import FS3_CODES, encoded_renders
 
-    G = models.load_generator("toy", "cpu")
-    encoder, latent_avg = models.load_encoder("toy", "cpu")
-    clip = models.load_clip("toy", "cpu")
+    G = models.load_generator(Domain.open("toy"), "cpu")
+    encoder, latent_avg = models.load_encoder(Domain.open("toy"), "cpu")
+    clip = models.load_clip(Domain.open("toy"), "cpu")
     shipped = load_fs3(ASSETS / "fs3.npy")
     channels = [0, 1, 95, 96, 200, 311, 400, 470, 520, 560, 600, 631]
     codes = encoded_renders(encoder, latent_avg, FS3_CODES, seed=0)

@@ -12,6 +12,7 @@ from torch import nn
 
 from deltaedit import cli, models
 from deltaedit.config import load_domain_config
+from deltaedit.domain import Domain
 from deltaedit.errors import InputError
 from deltaedit.imageio import load_image, to_tensor
 from deltaedit.nn.stylegan2 import Generator
@@ -279,8 +280,8 @@ def test_cli_make_codes_toy_encodes_renders(tmp_path):
     assert cli.main(argv + ["--seed", "3", "--device", "cpu", "--no-progress"]) == 0
     wplus, s, c = load_codes(out)
     assert json.loads((out / "meta.json").read_text())["source"] == "encode"
-    encoder, latent_avg = models.load_encoder("toy", "cpu")
-    G = models.load_generator("toy", "cpu")
+    encoder, latent_avg = models.load_encoder(Domain.open("toy"), "cpu")
+    G = models.load_generator(Domain.open("toy"), "cpu")
     images, _ = render_dataset(6, 3)
     with torch.no_grad():
         expected = encoder(images_to_tensor(images)) + latent_avg[None]

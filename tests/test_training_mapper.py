@@ -11,6 +11,7 @@ import torch
 
 from deltaedit import cli, config
 from deltaedit.commands.train_mapper import domain_layout
+from deltaedit.domain import Domain
 from deltaedit.errors import InputError
 from deltaedit.nn.mapper import DeltaMapper
 from deltaedit.nn.stylegan2 import Generator
@@ -420,14 +421,14 @@ def toy_distil():
 
     if not (TOY_ASSETS / "mapper.safetensors").is_file():
         pytest.skip("the toy weights are not in assets/toy")
-    G, clip = models.load_generator("toy"), models.load_clip("toy")
-    parts = DistilModels(G, clip, models.load_relevance("toy"), models.load_feature_bank("toy"))
-    encoder, latent_avg = models.load_encoder("toy")
+    G, clip = models.load_generator(Domain.open("toy")), models.load_clip(Domain.open("toy"))
+    parts = DistilModels(G, clip, models.load_relevance(Domain.open("toy")), models.load_feature_bank(Domain.open("toy")))
+    encoder, latent_avg = models.load_encoder(Domain.open("toy"))
     images, _ = render_batch(32, seed=31)
     with torch.no_grad():
         w = encode(encoder, latent_avg, images_to_tensor(images))
         codes = codes_from_w_plus(G, w, lambda x: clip.image_features(x, image_size=G.size))
-    return parts, models.load_mapper("toy"), tuple(x.detach() for x in codes)
+    return parts, models.load_mapper(Domain.open("toy")), tuple(x.detach() for x in codes)
 
 
 def _pair_loss(mapper, parts, codes, first, partner) -> torch.Tensor:
@@ -539,7 +540,7 @@ def test_cli_train_mapper_distil_resumes_and_checks_its_arguments(toy_distil, tm
     state_path = tmp_path / "distilled.train_state.pt"
     state = load_training_state(state_path)
     assert state["step"] == 2 and state["settings"]["distil"] and state["settings"]["strength"] == 0.85
-    torch.testing.assert_close(state["reference"], dict(models.load_mapper("toy").state_dict()))
+    torch.testing.assert_close(state["reference"], dict(models.load_mapper(Domain.open("toy")).state_dict()))
     assert (
         cli.main([*common, "--distil", "--resume", str(state_path), "--steps", "3", "--neighbours", "4"]) == 0
     )

@@ -16,6 +16,7 @@ import torch
 
 from deltaedit import weight_registry, weights
 from deltaedit.cli import main as cli_main
+from deltaedit.domain import Domain
 from deltaedit.errors import WeightsError
 from deltaedit.weights import WeightSource
 
@@ -285,7 +286,7 @@ def test_missing_weights_fail_fast_and_name_every_file(tmp_path, monkeypatch, mo
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     t = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        weights.resolve("clip-vit-b32-openai", progress=False)
+        Domain.open("ffhq").weight("clip")  # the domain's error names every missing file of it
     assert time.perf_counter() - t < 10
     message = str(info.value)
     for name in FFHQ_FILES:
@@ -309,7 +310,7 @@ def test_e4e_file_serves_as_generator(tmp_path, monkeypatch):
     assert weights.resolve_generator(d) == (d / "stylegan2-ffhq-config-f.pt", None)
     # and a domain whose generator is covered by the e4e file does not list it as missing
     (d / "stylegan2-ffhq-config-f.pt").unlink()
-    missing = [s.filename for s in weights.missing_for_domain("ffhq", d)]
+    missing = [s.filename for s in Domain.open("ffhq", d).missing()]
     assert "stylegan2-ffhq-config-f.pt" not in missing and "net_face.pth" in missing
 
 

@@ -109,7 +109,7 @@ def features_from_images(args) -> tuple[np.ndarray, np.ndarray]:
     """Features of user pictures and their captions through the domain's CLIP."""
     import torch
 
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..imageio import load_image, to_tensor
     from ..models import load_clip
 
@@ -118,10 +118,10 @@ def features_from_images(args) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(
             f"{args.captions} lists {len(pairs)} images; the analysis needs {analysis.MIN_PAIRS}"
         )
-    domain = args.domain or "ffhq"
+    domain = Domain.open(args.domain or "ffhq", args.weights_dir)
     # The size the domain's editors feed CLIP (256 for FFHQ, 64 for toy): the authors' pooling fits it.
-    size = load_domain_config(domain).encoder.input_size
-    clip = load_clip(domain, _device(args.device), args.weights_dir)
+    size = domain.config.encoder.input_size
+    clip = load_clip(domain, _device(args.device))
 
     def load(start: int, stop: int):
         return torch.cat([to_tensor(load_image(path), size) for path, _ in pairs[start:stop]])

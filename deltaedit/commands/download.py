@@ -21,12 +21,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from .. import weights
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..errors import WeightsError
 
-    cfg = load_domain_config(args.domain)
+    domain = Domain.open(args.domain, args.weights_dir)
     rows, failures = [], []
-    for tag in cfg.weights.values():
+    for tag in domain.config.weights.values():
         src = weights.get_source(tag)
         # With --weights-dir the point is to fill that folder, so only look there.
         if args.weights_dir:
@@ -45,7 +45,7 @@ def run(args) -> int:
             rows.append((tag, str(path), "downloaded"))
         except WeightsError as exc:
             rows.append((tag, src.filename, "MISSING (see below)"))
-            failures.append(str(exc))
+            failures.append(f"{exc}\n{domain.missing_listing(src)}")
     widths = [max(len(r[i]) for r in rows + [("tag", "file", "status")]) for i in range(2)]
     print(f"{'tag':<{widths[0]}}  {'file':<{widths[1]}}  status")
     for tag, file, status in rows:

@@ -37,20 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .. import weights
     from ..api import load_editor
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..errors import InputError
     from ..toy.classifier import load_classifier
     from ..toy.evaluate import evaluate
 
-    cfg = load_domain_config(args.domain)
-    if "classifier" not in cfg.weights:
+    domain = Domain.open(args.domain, args.weights_dir)
+    if "classifier" not in domain.config.weights:
         raise InputError(f"domain {args.domain!r} has no attribute classifier; eval supports --domain toy")
     if args.n < 1:
         raise InputError("--n must be at least 1")
-    editor = load_editor(args.domain, backbone=args.backbone, device=args.device, weights_dir=args.weights_dir)
-    classifier = load_classifier(weights.resolve(cfg.weights["classifier"], args.weights_dir)).to(args.device)
+    editor = load_editor(domain, backbone=args.backbone, device=args.device)
+    classifier = load_classifier(domain.weight("classifier")).to(args.device)
     if args.by_example:
         from ..toy.evaluate_examples import evaluate_by_example
 

@@ -61,7 +61,7 @@ def make_accelerator(device: str | None):
 
 def run(args) -> int:
     from .. import models
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..errors import InputError
     from ..training.codes import make_codes
 
@@ -69,11 +69,12 @@ def run(args) -> int:
         raise InputError("pass --n N to sample codes, or --images FOLDER to encode images")
     if args.n is not None and args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
-    cfg = load_domain_config(args.domain)
+    domain = Domain.open(args.domain, args.weights_dir)
+    cfg = domain.config
     accelerator = make_accelerator(args.device)
     device = str(accelerator.device)
-    G = models.load_generator(args.domain, device, args.weights_dir)
-    clip = models.load_clip(args.domain, device, args.weights_dir)
+    G = models.load_generator(domain, device)
+    clip = models.load_clip(domain, device)
     encoder = latent_avg = None
     images = args.images
     if images is None and cfg.samples_by_rendering:
@@ -82,7 +83,7 @@ def run(args) -> int:
 
         images = rendered_batches(args.n, args.seed)
     if images is not None:
-        encoder, latent_avg = models.load_encoder(args.domain, device, args.weights_dir)
+        encoder, latent_avg = models.load_encoder(domain, device)
     out = make_codes(
         G,
         clip.image_features,

@@ -42,6 +42,7 @@ def run(args) -> int:
     import torch
 
     from .. import models
+    from ..domain import Domain
     from ..errors import InputError
     from ..fileio import atomic_write
     from ..relevance import compute_fs3
@@ -49,9 +50,10 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.n_samples < 1:
         raise InputError("--n-samples must be at least 1")
-    G = models.load_generator(args.domain, device, args.weights_dir)
-    clip = models.load_clip(args.domain, device, args.weights_dir)
-    codes = domain_codes(args, G, device)
+    domain = Domain.open(args.domain, args.weights_dir)
+    G = models.load_generator(domain, device)
+    clip = models.load_clip(domain, device)
+    codes = domain_codes(args, G, device, domain)
     stats: dict = {}
     fs3 = compute_fs3(
         G,
@@ -78,12 +80,11 @@ def run(args) -> int:
     return 0
 
 
-def domain_codes(args, G, device):
+def domain_codes(args, G, device, domain):
     """W+ codes to perturb: `--codes`, encoded renders for a render-sampled domain, else None (z)."""
     import torch
 
     from .. import models
-    from ..config import load_domain_config
     from ..errors import InputError
 
     if args.codes is not None:
@@ -96,9 +97,9 @@ def domain_codes(args, G, device):
                 f" takes [{G.n_latent}, {G.style_dim}]; were the codes made for this domain?"
             )
         return w_plus.to(device)
-    if load_domain_config(args.domain).samples_by_rendering:
+    if domain.config.samples_by_rendering:
         from ..toy.train import FS3_CODES, encoded_renders
 
-        encoder, latent_avg = models.load_encoder(args.domain, device, args.weights_dir)
+        encoder, latent_avg = models.load_encoder(domain, device)
         return encoded_renders(encoder, latent_avg, FS3_CODES, args.seed, device)
     return None

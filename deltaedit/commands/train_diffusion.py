@@ -132,13 +132,14 @@ def domain_style_fn(domain: str, device: str, weights_dir=None):
     import torch
     import torch.nn.functional as F
 
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..models import load_encoder, load_generator
     from ..nn.stylespace import w_plus_to_s
 
-    size = load_domain_config(domain).encoder.input_size
-    G = load_generator(domain, device, weights_dir)
-    encoder, latent_avg = load_encoder(domain, device, weights_dir)
+    domain = Domain.open(domain, weights_dir)
+    size = domain.config.encoder.input_size
+    G = load_generator(domain, device)
+    encoder, latent_avg = load_encoder(domain, device)
 
     @torch.no_grad()
     def style_fn(images: torch.Tensor) -> torch.Tensor:

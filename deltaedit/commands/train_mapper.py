@@ -221,7 +221,7 @@ def run_distil(args, layout, clip_dim) -> int:
     import torch
 
     from .. import models
-    from ..config import load_domain_config
+    from ..domain import Domain
     from ..errors import InputError
     from ..training.mapper import DistilModels, distil_mapper, load_mapper_weights, load_training_state
 
@@ -244,15 +244,14 @@ def run_distil(args, layout, clip_dim) -> int:
         init.load_state_dict(state["model"])
     else:
         init = load_mapper_weights(args.resume, layout, clip_dim)
-    cfg = load_domain_config(args.domain)
-    defaults = cfg.defaults_for("gan")
+    domain = Domain.open(args.domain, args.weights_dir)
+    defaults = domain.config.defaults_for("gan")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights_dir = args.weights_dir
     distil_models = DistilModels(
-        models.load_generator(args.domain, device, weights_dir),
-        models.load_clip(args.domain, device, weights_dir),
-        models.load_relevance(args.domain, weights_dir),
-        models.load_feature_bank(args.domain, weights_dir),
+        models.load_generator(domain, device),
+        models.load_clip(domain, device),
+        models.load_relevance(domain),
+        models.load_feature_bank(domain),
     )
     result = distil_mapper(
         args.codes,

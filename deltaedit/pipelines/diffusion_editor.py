@@ -18,8 +18,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from .. import weights
-from ..config import load_domain_config
+from ..domain import Domain
 from ..errors import InputError
 from ..nn.stylespace import decode_s
 from .diffusion import DiffusionBackbone, Inversion, inference_dtype
@@ -68,8 +67,9 @@ class DiffusionEditor:
         self.config = gan.config
 
     @classmethod
-    def load(cls, domain: str = "ffhq", device: str = "cpu", weights_dir=None) -> DiffusionEditor:
-        return _cached_editor(domain, str(device), str(weights_dir) if weights_dir else None)
+    def load(cls, domain: str | Domain = "ffhq", device: str = "cpu", weights_dir=None) -> DiffusionEditor:
+        """The shared DeltaEdit-D editor of a domain (a name, or a `Domain`)."""
+        return _cached_editor(Domain.open(domain, weights_dir), str(device))
 
     @property
     def generator(self):
@@ -251,12 +251,10 @@ class DiffusionEditor:
 
 
 @cache
-def _cached_editor(domain: str, device: str, weights_dir: str | None) -> DiffusionEditor:
-    cfg = load_domain_config(domain)
-    if "diffusion" not in cfg.weights:
-        raise InputError(f"domain {domain!r} has no DeltaEdit-D model")
-    path = weights.resolve(cfg.weights["diffusion"], weights_dir)
+def _cached_editor(domain: Domain, device: str) -> DiffusionEditor:
+    if "diffusion" not in domain.config.weights:
+        raise InputError(f"domain {domain.id!r} has no DeltaEdit-D model")
     return DiffusionEditor(
-        GanEditor.load(domain, device, weights_dir),
-        DiffusionBackbone.from_pretrained(path, device, inference_dtype(device)),
+        GanEditor.load(domain, device),
+        DiffusionBackbone.from_pretrained(domain.weight("diffusion"), device, inference_dtype(device)),
     )

@@ -22,13 +22,12 @@ import logging
 import threading
 from collections import OrderedDict
 from functools import cache
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .. import models
-from ..config import DomainConfig, load_domain_config
+from ..domain import Domain
 from ..errors import InputError
 from ..imageio import center_square, load_image, pixels_to_pils, tensors_to_pixels, to_tensor
 from ..nn.e4e import encode
@@ -63,14 +62,13 @@ class GanEditor:
 
     def __init__(
         self,
-        config: DomainConfig,
+        domain: Domain,
         generator,
         mapper,
         clip,
         fs3: torch.Tensor,
         *,
         device: str = "cpu",
-        weights_dir: str | Path | None = None,
         encoder=None,
         aligner=None,
         feature_bank=None,
@@ -81,9 +79,9 @@ class GanEditor:
         so editing latents never pays for them. With a `feature_bank` (`deltaedit.grounding`)
         the mapper gets text deltas grounded in the source image; None gives the paper's Δt.
         """
-        self.config = config
+        self.domain = domain
+        self.config = domain.config
         self.device = torch.device(device)
-        self.weights_dir = weights_dir
         self.generator = generator
         self.mapper = mapper
         self.clip = clip
@@ -101,35 +99,35 @@ class GanEditor:
         self._sources_lock = threading.Lock()
 
     @classmethod
-    def load(cls, domain: str = "ffhq", device: str = "cpu", weights_dir=None) -> GanEditor:
-        """The shared editor of a domain (each model is loaded once per process)."""
-        return _cached_editor(domain, str(device), str(weights_dir) if weights_dir else None)
+    def load(cls, domain: str | Domain = "ffhq", device: str = "cpu", weights_dir=None) -> GanEditor:
+        """The shared editor of a domain (a name, or a `Domain`; each model is loaded once per process)."""
+        return _cached_editor(Domain.open(domain, weights_dir), str(device))
 
     @classmethod
-    def from_weights(cls, domain: str, device: str = "cpu", weights_dir=None) -> GanEditor:
-        cfg = load_domain_config(domain)
+    def from_weights(cls, domain: str | Domain, device: str = "cpu", weights_dir=None) -> GanEditor:
+        """A new editor of `domain` (its models still shared through `deltaedit.models`' cache)."""
+        domain = Domain.open(domain, weights_dir)
         return cls(
-            cfg,
-            models.load_generator(domain, device, weights_dir),
-            models.load_mapper(domain, device, weights_dir),
-            models.load_clip(domain, device, weights_dir),
-            models.load_relevance(domain, weights_dir),
+            domain,
+            models.load_generator(domain, device),
+            models.load_mapper(domain, device),
+            models.load_clip(domain, device),
+            models.load_relevance(domain),
             device=device,
-            weights_dir=weights_dir,
-            feature_bank=models.load_feature_bank(domain, weights_dir),
+            feature_bank=models.load_feature_bank(domain),
         )
 
     @property
     def encoder(self):
         """(encoder, latent_avg [n_latent, style_dim])."""
         if self._encoder is None:
-            self._encoder = models.load_encoder(self.config.id, str(self.device), self.weights_dir)
+            self._encoder = models.load_encoder(self.domain, str(self.device))
         return self._encoder
 
     @property
     def aligner(self):
         if self._aligner is None:
-            self._aligner = models.load_aligner(self.config.id, self.weights_dir)
+            self._aligner = models.load_aligner(self.domain)
         return self._aligner
 
     # -- sources ---------------------------------------------------------------------------
@@ -447,5 +445,5 @@ class GanEditor:
 
 
 @cache
-def _cached_editor(domain: str, device: str, weights_dir: str | None) -> GanEditor:
-    return GanEditor.from_weights(domain, device, weights_dir)
+def _cached_editor(domain: Domain, device: str) -> GanEditor:
+    return GanEditor.from_weights(domain, device)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import load_domain_config
+from ..domain import Domain
 from ..fileio import atomic_dir, atomic_write, write_json
 from ..nn.e4e import encode
 from .render import images_to_tensor
@@ -512,9 +513,10 @@ def train_toy(
         return _finish(summary, out_dir, t0)
 
     models.clear_cache()
-    G = models.load_generator("toy", device, weights_dir=out_dir)
-    encoder, latent_avg = models.load_encoder("toy", device, weights_dir=out_dir)
-    clip = models.load_clip("toy", device, weights_dir=out_dir)
+    toy = Domain.open("toy", out_dir)
+    G = models.load_generator(toy, device)
+    encoder, latent_avg = models.load_encoder(toy, device)
+    clip = models.load_clip(toy, device)
     assert isinstance(clip, DomainClip)
 
     # Relevance runs before the mapper: the mapper's distillation selects channels with fs3.
@@ -694,9 +696,9 @@ def _sharpen_toy_autoencoder(out_dir: Path, images, budget: ToyBudget, seed, dev
     t = time.perf_counter()
     pixel_dir = out_dir / AE_PIXEL_PHASE
     models.clear_cache()
-    G = models.load_generator("toy", device, weights_dir=pixel_dir)
-    encoder, latent_avg = models.load_encoder("toy", device, weights_dir=pixel_dir)
-    clip = models.load_clip("toy", device, weights_dir=out_dir)
+    G = models.load_generator(Domain.open("toy", pixel_dir), device)
+    encoder, latent_avg = models.load_encoder(Domain.open("toy", pixel_dir), device)
+    clip = models.load_clip(Domain.open("toy", out_dir), device)
     G, encoder, latent_avg, losses = sharpen_autoencoder(
         G,
         encoder,
@@ -801,8 +803,8 @@ def _distil_toy_mapper(
         DistilModels(
             G,
             clip,
-            models.load_relevance("toy", weights_dir=out_dir),
-            models.load_feature_bank("toy", weights_dir=out_dir),
+            models.load_relevance(Domain.open("toy", out_dir)),
+            models.load_feature_bank(Domain.open("toy", out_dir)),
         ),
         base,
         out_dir / "mapper.safetensors",

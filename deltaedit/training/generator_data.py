@@ -301,6 +301,7 @@ def domain_generator_stream(
     `deltaedit.models`; `random_weights`: the same architecture with seeded random weights, for
     timing a GPU without downloads)."""
     from ..config import load_domain_config
+    from ..domain import Domain
     from ..models import load_generator
     from ..nn.stylegan2 import Generator
 
@@ -314,5 +315,5 @@ def domain_generator_stream(
             torch.random.set_rng_state(state)
         G = G.to(device)
     else:
-        G = load_generator(domain, device, weights_dir)
+        G = load_generator(Domain.open(domain, weights_dir), device)
     return GeneratorStream(G, image_size, **kwargs)
