@@ -237,7 +237,11 @@ def edit_by_example(
     _start(progress, f"{service.check_backbone(backbone)}: editing by example")
     if backbone == "diffusion":
         request["steps"] = int(steps)
-    return _edit_outputs(_gpu_edit(backbone, **request))
+    pair, *rest = _edit_outputs(_gpu_edit(backbone, **request))
+    return gr.ImageSlider(value=pair, label=SLIDER_LABEL), *rest  # after a comparison, the usual label
+
+
+SLIDER_LABEL = "Before / after (the model's reconstruction | the edit)"
 
 
 def _compare_outputs(view: service.CompareView):
@@ -253,7 +257,8 @@ def _compare_outputs(view: service.CompareView):
     ]
     files = [str(v.files[0]) for v in views]
     shown = "DeltaEdit-G (left) | DeltaEdit-D (right)" if len(edits) == 2 else "the input | DeltaEdit-G"
-    return pair, gallery, files, f"{view.summary}\n\nBefore / after slider: {shown}."
+    slider = gr.ImageSlider(value=pair, label=f"Side by side: {shown}")
+    return slider, gallery, files, f"{view.summary}\n\nBefore / after slider: {shown}."
 
 
 @user_errors
@@ -948,7 +953,7 @@ def _picture_input(label: str, elem_id: str) -> PhotoInput:
 
 def _edit_result_components(backbone: str):
     slider = gr.ImageSlider(
-        label="Before / after (the model's reconstruction | the edit)",
+        label=SLIDER_LABEL,
         format="png",
         type="pil",
         height=300,
