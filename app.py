@@ -237,8 +237,7 @@ def edit_by_example(
     _start(progress, f"{service.check_backbone(backbone)}: editing by example")
     if backbone == "diffusion":
         request["steps"] = int(steps)
-    pair, *rest = _edit_outputs(_gpu_edit(backbone, **request))
-    return gr.ImageSlider(value=pair, label=SLIDER_LABEL), *rest  # after a comparison, the usual label
+    return _edit_outputs(_gpu_edit(backbone, **request))
 
 
 SLIDER_LABEL = "Before / after (the model's reconstruction | the edit)"
@@ -257,8 +256,7 @@ def _compare_outputs(view: service.CompareView):
     ]
     files = [str(v.files[0]) for v in views]
     shown = "DeltaEdit-G (left) | DeltaEdit-D (right)" if len(edits) == 2 else "the input | DeltaEdit-G"
-    slider = gr.ImageSlider(value=pair, label=f"Side by side: {shown}")
-    return slider, gallery, files, f"{view.summary}\n\nBefore / after slider: {shown}."
+    return pair, gallery, files, f"{view.summary}\n\nBefore / after slider: {shown}."
 
 
 @user_errors
@@ -770,7 +768,8 @@ def _by_example_tab(page: PageInputs) -> Tab:
             reference = _picture_input("Reference (move toward)", "reference")
         backbone = _backbone_choice("example-backbone", compare=True)
         button = gr.Button("Edit by example", variant="primary", elem_id="edit-example")
-        outputs = _edit_result_components("example")
+        # The label says both readings: a comparison puts DeltaEdit-G | DeltaEdit-D on the slider.
+        outputs = _edit_result_components("example", f"{SLIDER_LABEL}; both backbones: DeltaEdit-G | DeltaEdit-D")
         # The toy pairs to click (assets/examples/toy_pair_*.png).
         gr.Examples(
             examples=[
@@ -951,9 +950,9 @@ def _picture_input(label: str, elem_id: str) -> PhotoInput:
     )  # fmt: skip
 
 
-def _edit_result_components(backbone: str):
+def _edit_result_components(backbone: str, slider_label: str = SLIDER_LABEL):
     slider = gr.ImageSlider(
-        label=SLIDER_LABEL,
+        label=slider_label,
         format="png",
         type="pil",
         height=300,
