@@ -19,10 +19,27 @@ def test_baseline_row_is_the_edit_rendering_plus_the_inputs_residual():
     x, render_source, render_edits = _images(1, 0), _images(1, 1), _images(3, 2)
     edited = _images(3, 3)
     rows = counterfactual_rows(x, render_source, render_edits, edited)
-    assert set(rows) == {"backbone", "baseline", "gan"}
+    assert set(rows) == {"backbone", "baseline", "gan", "mask_only"}
     torch.testing.assert_close(rows["baseline"], (render_edits + x - render_source).clamp(-1, 1))
     torch.testing.assert_close(rows["gan"], render_edits)
     torch.testing.assert_close(rows["backbone"], edited)
+
+
+def test_mask_only_row_moves_the_input_only_where_the_rendering_changes():
+    """The no-UNet "mask only" rule: x + (R(s') − R(s)) where |R(s') − R(s)| (max over channels,
+    3x3 mean) exceeds the threshold, the input's own pixels elsewhere."""
+    x = _images(1, 0)
+    render_source = torch.zeros(1, 3, 8, 8)
+    render_edits = torch.zeros(2, 3, 8, 8)
+    render_edits[0, 1, 2:5, 2:5] = 0.5  # a 3x3 patch changes in one channel: its 3x3 mean > 0.2 inside
+    rows = counterfactual_rows(x, render_source, render_edits, render_edits, mask_threshold=0.2)
+    out = rows["mask_only"]
+    torch.testing.assert_close(out[1], x[0])  # nothing changed: the input itself
+    torch.testing.assert_close(out[0, :, 3, 3], (x[0, :, 3, 3] + render_edits[0, :, 3, 3]))
+    torch.testing.assert_close(out[0, :, 0, 0], x[0, :, 0, 0])  # far from the patch
+    # A threshold above every change keeps the input everywhere; 0 moves every changed pixel.
+    none = counterfactual_rows(x, render_source, render_edits, render_edits, mask_threshold=1.0)
+    torch.testing.assert_close(none["mask_only"], x.expand(2, -1, -1, -1))
 
 
 def test_psnr_against_the_truth_is_exact_for_the_truth_and_known_for_an_offset():
@@ -36,6 +53,7 @@ def test_psnr_against_the_truth_is_exact_for_the_truth_and_known_for_an_offset()
     assert all(v > 100 for v in scores["baseline"])
     # 0.2 off in [-1, 1]: mse 0.04, PSNR = 10 log10(2^2 / 0.04) = 20 dB.
     assert scores["gan"] == pytest.approx([20.0, 20.0], abs=1e-4)
+    assert all(v > 100 for v in scores["mask_only"])  # the rendering changes everywhere: the baseline
 
 
 def test_report_averages_every_edit_and_prints_one_line_per_prompt():

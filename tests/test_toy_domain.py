@@ -278,7 +278,8 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch,
     # row equals the G row exactly, and the baseline (G's edit + the input's residual) differs.
     summary = next(line for line in out if line.startswith("counterfactual_psnr"))
     found = re.fullmatch(
-        r"counterfactual_psnr \(n (\d+)\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)", summary
+        r"counterfactual_psnr \(n (\d+)\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)  mask_only=(\S+)",
+        summary,
     )
     assert found, summary
     assert int(found[1]) > 0 and found[2] == found[4] != found[3]
@@ -286,7 +287,7 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch,
     sheets = sorted((tmp_path / "sheets").glob("face*.png"))
     assert [p.name for p in sheets] == ["face000.png", "face001.png"]
     width, height = Image.open(sheets[0]).size
-    assert height == 4 * 128 and width % 128 == 0 and width > 128  # truth, backbone, baseline, G
+    assert height == 5 * 128 and width % 128 == 0 and width > 128  # truth, backbone, baseline, G, mask only
 
 def test_eval_scorer_needs_the_asked_values_and_every_other_attribute_unchanged():
     """`_score` on hand-made classifier readings: success needs every asked value, preservation
@@ -626,7 +627,8 @@ def shipped_diffusion_scores() -> dict[str, float]:
             os.environ["DELTAEDIT_WEIGHTS_DIR"] = saved
     lines = out.getvalue().strip().splitlines()
     counterfactual = re.fullmatch(
-        r"counterfactual_psnr \(n \d+\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)", lines[-4]
+        r"counterfactual_psnr \(n \d+\): backbone=(\S+)  baseline=(\S+)  gan=(\S+)  mask_only=(\S+)",
+        lines[-4],
     )
     gan_psnr = re.fullmatch(r"gan_reconstruction_psnr=(\S+)", lines[-3])
     psnr = re.fullmatch(r"reconstruction_psnr=(\S+)", lines[-2])
@@ -636,6 +638,7 @@ def shipped_diffusion_scores() -> dict[str, float]:
         "counterfactual_psnr": float(counterfactual[1]),
         "baseline_counterfactual_psnr": float(counterfactual[2]),
         "gan_counterfactual_psnr": float(counterfactual[3]),
+        "mask_only_counterfactual_psnr": float(counterfactual[4]),
         "gan_reconstruction_psnr": float(gan_psnr[1]),
         "reconstruction_psnr": float(psnr[1]),
         "success": float(scores[1]),

@@ -15,9 +15,12 @@ Against the truth: on toy faces the true edited image is known. For every standa
 two-attribute prompt (source "face") the renderer draws the same face, same jitter, with only the
 asked attribute(s) changed; `counterfactual_psnr` is the PSNR of each edit against that render
 (images in [-1, 1]), averaged over edits, for three outputs of the same edit (same Δs, strength and
-refinement): the backbone's, DeltaEdit-G's R(s') and the no-UNet baseline R(s') + (x - R(s)), where
-R decodes a style code as DeltaEdit-G does, s' = s + α·Δs and x is the input. The renderer's labels
-serve only this measurement.
+refinement): the backbone's, DeltaEdit-G's R(s'), the no-UNet baseline R(s') + (x - R(s)) and the
+no-UNet "mask only" rule x + M·(R(s') - R(s)) (M: the change mask `changed_pixels` at the toy's
+`extra.diffusion_change_threshold`, 0.2: the input's pixels wherever the edit leaves the rendering
+alone, the baseline elsewhere), where R decodes a style code as DeltaEdit-G does, s' = s + α·Δs and
+x is the input. A DeltaEdit-D design earns its UNet only by beating the mask-only row. The
+renderer's labels serve only this measurement.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..nn.stylespace import decode_s
-from ..pipelines.diffusion import psnr
+from ..pipelines.diffusion import changed_pixels, psnr
 from .attributes import SOURCE_TARGET_PAIRS, TWO_ATTRIBUTE_PROMPTS, prompt_targets, standard_prompts
 from .classifier import predict
 from .render import images_to_tensor, render_batch, render_many
 
 # The outputs `counterfactual_psnr` compares on each edit (see the module docstring).
-COUNTERFACTUAL_ROWS = ("backbone", "baseline", "gan")
+COUNTERFACTUAL_ROWS = ("backbone", "baseline", "gan", "mask_only")
+# The change mask of the "mask only (no UNet)" row when the editor's domain sets none.
+MASK_ONLY_THRESHOLD = 0.2
 
 
 @dataclass
@@ -99,6 +104,8 @@ class EvalReport:
         first = self.counterfactual[rows[0]]
         lines = [
             "\ncounterfactual PSNR (dB) against the true edited render (standard and two-attribute prompts)",
+            "(baseline: R(s') + (x - R(s)), no UNet; gan: R(s'); mask_only: mask only (no UNet),"
+            " x + M·(R(s') - R(s)) with M the change mask)",
             f"{'prompt':44s} {'n':>4s} " + " ".join(f"{r:>9s}" for r in rows),
         ]
         for prompt, values in first.items():
@@ -158,16 +165,31 @@ def _gan_reconstruction_psnr(editor, face: Image.Image) -> float | None:
 
 
 def counterfactual_rows(
-    x: torch.Tensor, render_source: torch.Tensor, render_edits: torch.Tensor, edited: torch.Tensor
+    x: torch.Tensor,
+    render_source: torch.Tensor,
+    render_edits: torch.Tensor,
+    edited: torch.Tensor,
+    mask_threshold: float = MASK_ONLY_THRESHOLD,
 ) -> dict[str, torch.Tensor]:
     """The outputs `counterfactual_psnr` compares, each [T, 3, H, W] in [-1, 1]: the backbone's
-    `edited`, DeltaEdit-G's R(s') (`render_edits`) and the no-UNet baseline R(s') + (x − R(s)) for
-    the input x [1, 3, H, W] and its rendering R(s) [1, 3, H, W]."""
+    `edited`, DeltaEdit-G's R(s') (`render_edits`), the no-UNet baseline R(s') + (x − R(s)) for
+    the input x [1, 3, H, W] and its rendering R(s) [1, 3, H, W], and the no-UNet "mask only" rule
+    x + M·(R(s') − R(s)), M = `changed_pixels(R(s), R(s'), mask_threshold)`."""
+    x, render_source, render_edits = x.float(), render_source.float(), render_edits.float()
+    changed = changed_pixels(render_source, render_edits, mask_threshold)
     return {
         "backbone": edited.float().clamp(-1, 1),
-        "baseline": (render_edits.float() + (x.float() - render_source.float())).clamp(-1, 1),
-        "gan": render_edits.float().clamp(-1, 1),
+        "baseline": (render_edits + (x - render_source)).clamp(-1, 1),
+        "gan": render_edits.clamp(-1, 1),
+        "mask_only": torch.where(changed, x + render_edits - render_source, x).clamp(-1, 1),
     }
+
+
+def _mask_threshold(editor) -> float:
+    """The change mask of the mask-only row: the domain's `extra.diffusion_change_threshold`."""
+    config = getattr(editor, "config", None) or getattr(getattr(editor, "gan", None), "config", None)
+    value = getattr(config, "extra", {}).get("diffusion_change_threshold") if config is not None else None
+    return MASK_ONLY_THRESHOLD if value is None or value < 0 else float(value)
 
 
 def counterfactual_psnrs(rows: dict[str, torch.Tensor], truths: torch.Tensor) -> dict[str, list[float]]:
@@ -212,7 +234,8 @@ def evaluate(
     """Edit `n` fresh renders (seed `seed`) with every applicable prompt; see the module docstring.
 
     `save`: a folder for one PNG per face (`face000.png`, ...): the input, then one column per
-    standard / two-attribute edit with rows truth (the counterfactual render), backbone, baseline, G."""
+    standard / two-attribute edit with rows truth (the counterfactual render), backbone, baseline, G
+    and the mask-only rule."""
     images, attrs = render_batch(n, seed)
     if save is not None:
         save = Path(save)
@@ -273,7 +296,9 @@ def evaluate(
                     edited = F.interpolate(
                         edited, size=truths.shape[-2:], mode="bilinear", antialias=True, align_corners=False
                     )
-                rows = counterfactual_rows(x, render_source.cpu(), render_edits.cpu(), edited)
+                rows = counterfactual_rows(
+                    x, render_source.cpu(), render_edits.cpu(), edited, _mask_threshold(editor)
+                )
                 for name, values in counterfactual_psnrs(rows, truths).items():
                     for job, value in zip(group, values):
                         report.counterfactual[name][job[1]].append(value)
@@ -288,7 +313,7 @@ def evaluate(
 
 def _save_sheet(path: Path, x: torch.Tensor, truths: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
     """A PNG grid: column 0 the input (top) and blanks, then one column per edit with rows truth,
-    backbone, baseline, gan; 2x nearest-neighbour upscaled so 64 px details stay visible."""
+    backbone, baseline, gan, mask only; 2x nearest-neighbour upscaled so 64 px details stay visible."""
     grid = [truths, *(rows[r] for r in COUNTERFACTUAL_ROWS)]
     first = torch.cat([x, torch.ones_like(x).expand(len(grid) - 1, -1, -1, -1)])
     cols = [first] + [torch.stack([g[k] for g in grid]) for k in range(truths.shape[0])]
