@@ -1,6 +1,6 @@
 """Optional CLIP-guided refinement of the Delta Mapper's Δs (not in the paper; off by default).
 
-`train-mapper --distil` (`deltaedit.training.mapper.distil_mapper`) trains the same loss into the
+`train-mapper --distil` (`deltaedit.training.distil.distil_mapper`) trains the same loss into the
 mapper instead, so that edits need fewer or no steps (docs/fast-toy-edits.md: on the toy domain
 success rose to 0.94-0.96 in one pass, preservation to 0.87-0.89, and the toy default now runs 2
 steps at lr 0.02 instead of 20 at 0.01).
@@ -51,7 +51,7 @@ def refinement_loss(
     """The refinement's loss per row [B] for the edits' CLIP image changes Δi [B, D].
 
     With a grounded `target` g [B, D]: |Δi − g|². Without one, the unit text `direction` d [B, D]:
-    |Δi − (Δi·d)d|² − push · Δi·d. Mapper distillation (`deltaedit.training.mapper.distil_mapper`)
+    |Δi − (Δi·d)d|² − push · Δi·d. Mapper distillation (`deltaedit.training.distil.distil_mapper`)
     trains on the same loss.
     """
     if target is not None:

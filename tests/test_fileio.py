@@ -12,6 +12,7 @@ import torch
 from deltaedit.fileio import atomic_dir, atomic_write, write_json
 from deltaedit.pipelines.diffusion import DiffusionBackbone
 from deltaedit.training import diffusion as diffusion_training
+from deltaedit.training import loop as training_loop
 
 
 class Interrupted(Exception):
@@ -120,14 +121,14 @@ def test_final_weights_of_a_rerun_never_pair_with_the_previous_config(tmp_path, 
     fast = dict(batch_size=4, seed=0, progress=False, sample_every=0, lr=1e-3)
     diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=1, **fast)
     assert (tmp_path / "config.json").is_file()
-    real_replace = diffusion_training.os.replace
+    real_replace = training_loop.os.replace
 
     def dies_before_the_config(src, dst):
         if Path(dst).name == "config.json":  # the new weights are in place, the config is not
             raise Interrupted
         return real_replace(src, dst)
 
-    monkeypatch.setattr(diffusion_training.os, "replace", dies_before_the_config)
+    monkeypatch.setattr(training_loop.os, "replace", dies_before_the_config)
     with pytest.raises(Interrupted):
         diffusion_training.train_diffusion(pairs, "tiny", tmp_path, steps=2, resume="latest", **fast)
     # No config beside weights it was not written with: loading says so instead of mixing them.

@@ -17,11 +17,9 @@ from deltaedit.nn.mapper import DeltaMapper
 from deltaedit.nn.stylegan2 import Generator
 from deltaedit.nn.stylespace import StyleLayout, layout_from_generator
 from deltaedit.training.codes import make_codes
+from deltaedit.training.distil import DistilModels, distil_batch, distil_mapper
 from deltaedit.training.mapper import (
-    DistilModels,
     PairSampler,
-    distil_batch,
-    distil_mapper,
     load_mapper_weights,
     load_training_state,
     mapper_condition,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training.mapper import DISTIL_ANCHOR, DISTIL_BATCH, DISTIL_LR, DISTIL_STEPS
+from ..training.distil import DISTIL_ANCHOR, DISTIL_BATCH, DISTIL_LR, DISTIL_STEPS
 
 NAME = "train-mapper"
 HELP = "train the Delta Mapper on image-pair codes (no text), the authors' objective"
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --neighbours: fraction of pairs that keep a random partner (default 0.5; with --distil 0)",
     )
     d = p.add_argument_group(
-        "distillation of the refinement (not in the paper; see deltaedit.training.mapper.distil_mapper)"
+        "distillation of the refinement (not in the paper; see deltaedit.training.distil)"
     )
     d.add_argument(
         "--distil",
@@ -223,7 +223,8 @@ def run_distil(args, layout, clip_dim) -> int:
     from .. import models
     from ..domain import Domain
     from ..errors import InputError
-    from ..training.mapper import DistilModels, distil_mapper, load_mapper_weights, load_training_state
+    from ..training.distil import DistilModels, distil_mapper
+    from ..training.mapper import load_mapper_weights, load_training_state
 
     if args.resume is None:
         raise InputError(

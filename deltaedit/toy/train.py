@@ -787,7 +787,8 @@ def _distil_toy_mapper(
     from .. import models
     from ..errors import InputError
     from ..training.codes import load_codes
-    from ..training.mapper import DistilModels, distil_mapper, load_mapper_weights, save_mapper_weights
+    from ..training.distil import DistilModels, distil_mapper
+    from ..training.mapper import load_mapper_weights, save_mapper_weights
 
     base = codes_dir / "mapper_base.safetensors"
     if budget.mapper_distil_steps <= 0:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..fileio import atomic_write, write_json
 from ..nn.stylespace import decode_s, layout_from_generator, w_plus_to_s
+from .loop import Processes
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +121,6 @@ def _to_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
     return torch.cat(tensors).detach().float().cpu().numpy()
 
 
-def _process_info(accelerator) -> tuple[int, int, bool]:
-    if accelerator is None:
-        return 0, 1, True
-    return accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-
-
 def _check_resume(meta_path: Path, meta: dict) -> None:
     if not meta_path.is_file():
         return
@@ -136,6 +132,134 @@ def _check_resume(meta_path: Path, meta: dict) -> None:
             f"{meta_path.parent} already holds codes made with other settings ({', '.join(diff)} differ);"
             " rerun with the same arguments to resume, or choose a new output folder"
         )
+
+
+@dataclass
+class _Source:
+    """Where the codes come from: "sample" (n draws of z), or "encode" (`files`, or `images` in memory)."""
+
+    kind: str
+    n: int | None
+    files: list[Path] | None = None
+    images: torch.Tensor | Iterable | None = None
+    input_size: int | None = None
+
+
+def _resolve_source(G, n, images, encoder, latent_avg, input_size) -> _Source:
+    if images is None:
+        if n is None or n < 1:
+            raise InputError("pass the number of codes to sample (n >= 1) or images to encode")
+        return _Source("sample", n)
+    if encoder is None or latent_avg is None:
+        raise InputError("encoding images needs the domain's encoder and its latent_avg")
+    if isinstance(images, (str, os.PathLike)):
+        files = list_images(Path(images))
+        files = files[:n] if n else files
+        if input_size is None:
+            input_size = getattr(getattr(encoder, "config", None), "input_size", None) or G.size
+        return _Source("encode", len(files), files=files, input_size=input_size)
+    if isinstance(images, torch.Tensor):
+        images = images[:n] if n else images
+        n = images.shape[0]
+    return _Source("encode", n, images=images)
+
+
+def _shards(source: _Source, shard_size: int) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+    """(index, rows, in-memory images or None) of every shard, in order."""
+    n = source.n
+    if source.kind == "encode" and source.files is None:
+        # In-memory images: walk the iterable once, shard by shard.
+        images = source.images
+        for index, chunk in enumerate(_rebatch([images] if isinstance(images, torch.Tensor) else images, shard_size)):
+            if n is not None and index * shard_size >= n:
+                break
+            if n is not None:
+                chunk = chunk[: n - index * shard_size]
+            yield index, chunk.shape[0], chunk
+        return
+    for index in range((n + shard_size - 1) // shard_size):
+        yield index, min(shard_size, n - index * shard_size), None
+
+
+@dataclass
+class _ShardWriter:
+    """Computes and writes the three files of one shard."""
+
+    G: torch.nn.Module
+    image_features_fn: ImageFeatures
+    source: _Source
+    batch_size: int
+    shard_size: int
+    seed: int
+    truncation: float
+    mean_latent: torch.Tensor | None
+    encoder: torch.nn.Module | None
+    latent_avg: torch.Tensor | None
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.G.parameters()).device
+        return self.encoder(images.to(device).float()) + self.latent_avg
+
+    @torch.no_grad()
+    def batches(self, index: int, rows: int, chunk: torch.Tensor | None) -> Iterator[tuple]:
+        """Codes of shard `index` (rows images, or those of `chunk`/its files), batch by batch."""
+        G, source = self.G, self.source
+        if source.kind == "sample":
+            # The whole shard's W+ in one draw (cheap: the mapping MLP only), so the codes do not
+            # depend on the batch size.
+            rng = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + index)
+            shard_w = G.sample_w_plus(rows, truncation=self.truncation, seed=rng, mean_latent=self.mean_latent)
+        for start in range(0, rows, self.batch_size):
+            stop = min(start + self.batch_size, rows)
+            if source.kind == "sample":
+                w_plus = shard_w[start:stop]
+            elif source.files is not None:
+                first = index * self.shard_size
+                w_plus = self._encode(_load_files(source.files[first + start : first + stop], source.input_size))
+            else:
+                w_plus = self._encode(chunk[start:stop])
+            yield codes_from_w_plus(G, w_plus, self.image_features_fn)
+
+    def write(self, out: Path, index: int, rows: int, chunk: torch.Tensor | None, bar) -> None:
+        parts: list[list[torch.Tensor]] = [[], [], []]
+        for codes in self.batches(index, rows, chunk):
+            for part, code in zip(parts, codes):
+                part.append(code)
+            bar.update(codes[0].shape[0])
+        for kind, part in zip(KINDS, parts):
+            _save_atomic(shard_path(out, kind, index), _to_numpy(part))
+
+
+def _codes_meta(G, domain, source: _Source, shard_size: int, seed: int, truncation: float) -> dict:
+    layout = layout_from_generator(G)
+    return {
+        "domain": domain,
+        "source": source.kind,
+        "n": source.n,
+        "shard_size": shard_size,
+        "seed": seed,
+        "truncation": truncation,
+        "layout": {"widths": list(layout.widths), "resolutions": list(layout.resolutions)},
+        "n_latent": G.n_latent,
+        "style_dim": G.style_dim,
+        "complete": False,
+    }
+
+
+def _complete_meta(out: Path, meta: dict, counts: dict[int, int]) -> None:
+    """Mark the folder complete once every shard is there (a resumed run fills the gaps)."""
+    missing = [i for i, rows in counts.items() if not shard_complete(out, i, rows)]
+    if missing:
+        raise InputError(f"shards {missing} of {out} were not written; rerun the command to finish them")
+    first = shard_path(out, "cspace", 0)
+    meta.update(
+        n=sum(counts.values()),
+        shards=[counts[i] for i in sorted(counts)],
+        clip_dim=int(np.load(first, mmap_mode="r", allow_pickle=False).shape[1]) if counts else None,
+        complete=True,
+    )
+    write_json(out / META, meta)
+    log.info("wrote %d codes in %d shards to %s", meta["n"], len(counts), out)
 
 
 def make_codes(
@@ -169,131 +293,38 @@ def make_codes(
         raise InputError(f"batch size and shard size must be >= 1 (got {batch_size}, {shard_size})")
     out = Path(out_dir)
     G = generator
-    device = next(G.parameters()).device
-    layout = layout_from_generator(G)
-
-    files: list[Path] | None = None
-    if images is None:
-        if n is None or n < 1:
-            raise InputError("pass the number of codes to sample (n >= 1) or images to encode")
-        source = "sample"
-    else:
-        if encoder is None or latent_avg is None:
-            raise InputError("encoding images needs the domain's encoder and its latent_avg")
-        source = "encode"
-        if isinstance(images, (str, os.PathLike)):
-            files = list_images(Path(images))
-            files = files[:n] if n else files
-            n = len(files)
-            if input_size is None:
-                input_size = getattr(getattr(encoder, "config", None), "input_size", None) or G.size
-        elif isinstance(images, torch.Tensor):
-            images = images[:n] if n else images
-            n = images.shape[0]
+    source = _resolve_source(G, n, images, encoder, latent_avg, input_size)
+    if source.kind == "encode":
         truncation = 1.0  # meaningless for encoded images
-    rank, world, is_main = _process_info(accelerator)
-
-    meta = {
-        "domain": domain,
-        "source": source,
-        "n": n,
-        "shard_size": shard_size,
-        "seed": seed,
-        "truncation": truncation,
-        "layout": {"widths": list(layout.widths), "resolutions": list(layout.resolutions)},
-        "n_latent": G.n_latent,
-        "style_dim": G.style_dim,
-        "complete": False,
-    }
-    meta_path = out / META
-    if is_main:
+    procs = Processes.of(accelerator)
+    meta = _codes_meta(G, domain, source, shard_size, seed, truncation)
+    if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _check_resume(meta_path, meta)
-        write_json(meta_path, meta)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+        _check_resume(out / META, meta)
+        write_json(out / META, meta)
+    procs.wait()
 
-    mean_latent = G.mean_latent() if source == "sample" and truncation < 1 else None
+    mean_latent = G.mean_latent() if source.kind == "sample" and truncation < 1 else None
     if latent_avg is not None:
-        latent_avg = latent_avg.to(device).reshape(-1, G.n_latent, G.style_dim)
-
-    def encode(batch_images: torch.Tensor) -> torch.Tensor:
-        return encoder(batch_images.to(device).float()) + latent_avg
-
-    @torch.no_grad()
-    def shard_batches(index: int, rows: int, chunk: torch.Tensor | None) -> Iterator[tuple]:
-        """Codes of shard `index` (rows images, or those of `chunk`/its files), batch by batch."""
-        if source == "sample":
-            # The whole shard's W+ in one draw (cheap: the mapping MLP only), so the codes do not
-            # depend on the batch size.
-            rng = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
-            shard_w = G.sample_w_plus(rows, truncation=truncation, seed=rng, mean_latent=mean_latent)
-        for start in range(0, rows, batch_size):
-            stop = min(start + batch_size, rows)
-            if source == "sample":
-                w_plus = shard_w[start:stop]
-            elif files is not None:
-                first = index * shard_size
-                w_plus = encode(_load_files(files[first + start : first + stop], input_size))
-            else:
-                w_plus = encode(chunk[start:stop])
-            yield codes_from_w_plus(G, w_plus, image_features_fn)
-
-    def write_shard(index: int, rows: int, chunk: torch.Tensor | None, bar) -> int:
-        parts: list[list[torch.Tensor]] = [[], [], []]
-        for codes in shard_batches(index, rows, chunk):
-            for part, code in zip(parts, codes):
-                part.append(code)
-            bar.update(codes[0].shape[0])
-        arrays = [_to_numpy(p) for p in parts]
-        for kind, array in zip(KINDS, arrays):
-            _save_atomic(shard_path(out, kind, index), array)
-        return arrays[0].shape[0]
-
+        latent_avg = latent_avg.to(next(G.parameters()).device).reshape(-1, G.n_latent, G.style_dim)
+    writer = _ShardWriter(
+        G, image_features_fn, source, batch_size, shard_size, seed, truncation, mean_latent, encoder, latent_avg
+    )
     counts: dict[int, int] = {}
-    with tqdm(total=n, desc="codes", unit="img", disable=not (progress and is_main)) as bar:
-        if source == "encode" and files is None:
-            # In-memory images: walk the iterable once, shard by shard.
-            chunks = _rebatch([images] if isinstance(images, torch.Tensor) else images, shard_size)
-            for index, chunk in enumerate(chunks):
-                if n is not None and index * shard_size >= n:
-                    break
-                if n is not None:
-                    chunk = chunk[: n - index * shard_size]
-                rows = chunk.shape[0]
-                if index % world == rank:
-                    if shard_complete(out, index, rows):
-                        bar.update(rows)
-                    else:
-                        write_shard(index, rows, chunk, bar)
-                counts[index] = rows
-        else:
-            for index in range((n + shard_size - 1) // shard_size):
-                rows = min(shard_size, n - index * shard_size)
-                counts[index] = rows
-                if index % world != rank:
-                    continue
-                if shard_complete(out, index, rows):
-                    log.debug("shard %d already written, skipped", index)
-                    bar.update(rows)
-                    continue
-                write_shard(index, rows, None, bar)
+    with tqdm(total=source.n, desc="codes", unit="img", disable=not (progress and procs.is_main)) as bar:
+        for index, rows, chunk in _shards(source, shard_size):
+            counts[index] = rows
+            if index % procs.world != procs.rank:
+                continue
+            if shard_complete(out, index, rows):
+                log.debug("shard %d already written, skipped", index)
+                bar.update(rows)
+                continue
+            writer.write(out, index, rows, chunk, bar)
 
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    if is_main:
-        missing = [i for i, rows in counts.items() if not shard_complete(out, i, rows)]
-        if missing:
-            raise InputError(f"shards {missing} of {out} were not written; rerun the command to finish them")
-        first = shard_path(out, "cspace", 0)
-        meta.update(
-            n=sum(counts.values()),
-            shards=[counts[i] for i in sorted(counts)],
-            clip_dim=int(np.load(first, mmap_mode="r", allow_pickle=False).shape[1]) if counts else None,
-            complete=True,
-        )
-        write_json(meta_path, meta)
-        log.info("wrote %d codes in %d shards to %s", meta["n"], len(counts), out)
+    procs.wait()
+    if procs.is_main:
+        _complete_meta(out, meta, counts)
     return out
 
 

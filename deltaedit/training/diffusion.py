@@ -37,8 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,10 +50,19 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import InputError, TrainingPaused
+from ..errors import InputError
 from ..fileio import atomic_dir, atomic_write
 from ..nn.style_unet import PRESETS, StyleConditionedUNet
 from ..pipelines.diffusion import DEFAULT_SCHEDULER_CONFIG, ddim_sample, make_scheduler
+from .loop import (
+    Every,
+    Processes,
+    TrainingLoop,
+    drop_log_rows_after,
+    rng_state,
+    set_rng_state,
+    write_files_into,
+)
 
 log = logging.getLogger(__name__)
 
@@ -376,18 +383,74 @@ def train_diffusion(
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     if steps < 0 or batch_size < 1 or lr <= 0:
         raise InputError(f"need steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoint"
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    procs = Processes.of(Accelerator(mixed_precision=mixed_precision))
     set_seed(seed)
-
     data = resolve_dataset(dataset, out_dir, config_sample_size(config), style_fn, progress)
+    model = _model_for(data, config, init)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-6)
+    lr_scheduler = get_scheduler(
+        lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(steps, 1)
+    )
+    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
+    run = _DiffusionRun(model, optimizer, lr_scheduler, ema, out_dir / "checkpoint")
+    start = 0 if resume is None else run.resume(resume)
+    batches = run.prepare(procs, data, start, steps, batch_size, seed, num_workers)
+    grids = _SampleGrids(data, run, num_samples, seed, sample_steps, out_dir / "samples", procs.device)
+    loop = TrainingLoop(
+        steps,
+        procs,
+        run.save,
+        save_every=checkpoint_every,
+        time_limit=time_limit,
+        started=started,
+        log_path=out_dir / "log.jsonl",
+        checkpoint=run.checkpoint,
+        progress=progress,
+        desc="train-diffusion",
+    )
+    noise_scheduler = make_noise_scheduler()
+
+    def train_step(step: int) -> dict:
+        x0, s, render = split_batch(next(batches), run.render_channels)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        with procs.accelerator.autocast():
+            loss = diffusion_loss(run.model, noise_scheduler, x0, s, noise, t, render, run.residual_scale)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        procs.backward(loss)
+        if grad_clip:
+            procs.accelerator.clip_grad_norm_(run.model.parameters(), grad_clip)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.ema.step(run.unwrapped.parameters())
+        loop.show(loss=f"{loss.item():.4f}")
+        return {"loss": loss.item(), "lr": run.lr_scheduler.get_last_lr()[0]}
+
+    def write_weights() -> None:
+        if sample_every and done % sample_every:
+            grids.write(done)
+        write_files_into(out_dir, run.write_final)
+
+    run.model.train()
+    def write_samples(step: int) -> None:
+        if procs.is_main:
+            grids.write(step)
+
+    done = loop.run(start, train_step, (Every(sample_every, write_samples, at_end=False),))
+    loop.finish(done, write_weights)
+    return out_dir
+
+
+def _model_for(data, config, init: StyleConditionedUNet | None) -> StyleConditionedUNet:
+    """The UNet to train (`init` or a fresh one), checked against the data, with its style statistics."""
     if len(data) == 0:
         raise InputError("the training data is empty")
     first = data[0]
@@ -398,228 +461,135 @@ def train_diffusion(
             f"the UNet is conditioned on {model.config.style_dim} style values but the data's codes"
             f" have {first_style.shape[-1]}"
         )
-    render_channels = int(model.config.render_channels)
-    residual_scale = float(getattr(model.config, "residual_scale", 1.0) or 1.0)
-    split_batch(first, render_channels)  # a rendering-conditioned UNet needs renders in the data
+    split_batch(first, int(model.config.render_channels))  # a rendering-conditioned UNet needs renders
     if first_image.shape[-1] != model.config.sample_size:
         raise InputError(
             f"training images are {first_image.shape[-1]} px but the UNet expects {model.config.sample_size} px"
         )
     if hasattr(data, "style_stats"):
         model.set_style_stats(*data.style_stats())
+    return model
 
-    noise_scheduler = make_noise_scheduler()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-6)
-    lr_scheduler = get_scheduler(
-        lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(steps, 1)
-    )
-    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4)
 
-    step = 0
-    if resume is not None:
-        resume_dir = ckpt_dir if str(resume) == "latest" else Path(resume)
-        state_file = resume_dir / "state.json"
-        if not state_file.is_file():
-            raise InputError(
-                f"{resume_dir} is not a training checkpoint (no state.json); pass a checkpoint/ folder"
+class _DiffusionRun:
+    """What a diffusion run trains and keeps: the UNet, its optimizer, schedule and EMA, and their
+    checkpoint (`checkpoint/`: six files that replace the previous ones together)."""
+
+    def __init__(self, model, optimizer, lr_scheduler, ema: EMAModel, checkpoint: Path):
+        self.model, self.unwrapped = model, model
+        self.optimizer, self.lr_scheduler, self.ema = optimizer, lr_scheduler, ema
+        self.checkpoint = checkpoint
+        self.render_channels = int(model.config.render_channels)
+        self.residual_scale = float(getattr(model.config, "residual_scale", 1.0) or 1.0)
+
+    def resume(self, resume: str | Path) -> int:
+        """Load a checkpoint ("latest": this run's own); returns its step."""
+        folder = self.checkpoint if str(resume) == "latest" else Path(resume)
+        if not (folder / "state.json").is_file():
+            raise InputError(f"{folder} is not a training checkpoint (no state.json); pass a checkpoint/ folder")
+        step = json.loads((folder / "state.json").read_text())["step"]
+        self.model.load_state_dict(_load_file(folder / "model.safetensors"))
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+        self.ema.load_state_dict(torch.load(folder / "ema.pt", weights_only=True))
+        if (folder / "rng.pt").is_file():  # noise and timesteps go on as if never stopped
+            set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+        drop_log_rows_after(self.checkpoint.parent / "log.jsonl", step)
+        log.info("resumed from %s at step %d", folder, step)
+        return step
+
+    def prepare(self, procs: Processes, data, start: int, steps: int, batch_size: int, seed: int, workers: int):
+        """Hand the run to accelerate; returns its batches from step `start` on."""
+        if hasattr(data, "batches"):  # an endless seeded stream: batch k at step k, on this process's device
+            batches = data.batches(
+                batch_size, start=start, stop=steps, device=procs.device, rank=procs.rank, world=procs.world
             )
-        step = json.loads(state_file.read_text())["step"]
-        model.load_state_dict(_load_file(resume_dir / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
-        lr_scheduler.load_state_dict(torch.load(resume_dir / "lr_scheduler.pt", weights_only=True))
-        ema.load_state_dict(torch.load(resume_dir / "ema.pt", weights_only=True))
-        if (resume_dir / "rng.pt").is_file():  # noise and timesteps go on as if never stopped
-            _set_rng_state(torch.load(resume_dir / "rng.pt", weights_only=True))
-        _drop_log_rows_after(out_dir / "log.jsonl", step)
-        log.info("resumed from %s at step %d", resume_dir, step)
+            self.model, self.optimizer, self.lr_scheduler = procs.prepare(self.model, self.optimizer, self.lr_scheduler)
+        else:
+            # The loader's shuffling depends on (seed, step) so a resumed run does not replay the same order.
+            loader = DataLoader(
+                data,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=len(data) >= batch_size,
+                generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
+                num_workers=workers,
+            )
+            self.model, self.optimizer, loader, self.lr_scheduler = procs.prepare(
+                self.model, self.optimizer, loader, self.lr_scheduler
+            )
+            batches = _epochs(loader)
+        self.ema.to(procs.device)
+        self.unwrapped = procs.unwrap(self.model)
+        return iter(batches)
 
-    if hasattr(data, "batches"):  # an endless seeded stream: batch k at step k, on this process's device
-        loader = data.batches(
-            batch_size,
-            start=step,
-            stop=steps,
-            device=accelerator.device,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
-        )
-        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    else:
-        # The loader's shuffling depends on (seed, step) so a resumed run does not replay the same order.
-        loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        loader = DataLoader(
-            data,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=len(data) >= batch_size,
-            generator=loader_rng,
-            num_workers=num_workers,
-        )
-        model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    ema.to(accelerator.device)
-    unwrapped = accelerator.unwrap_model(model)
-
-    # Fixed examples for the sample grids: their images and codes, and fixed starting noise.
-    n_show = min(num_samples, len(data))
-    shown = [split_batch(data[i], render_channels) for i in range(n_show)]
-    show_images = torch.stack([x for x, _, _ in shown])
-    show_styles = torch.stack([s for _, s, _ in shown])
-    show_renders = torch.stack([r for _, _, r in shown]) if render_channels else None
-    show_noise = torch.randn(show_images.shape, generator=torch.Generator().manual_seed(seed))
-
-    def with_ema(fn):
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
+    def with_ema(self, fn):
+        """fn() with the EMA weights in the model."""
+        self.ema.store(self.unwrapped.parameters())
+        self.ema.copy_to(self.unwrapped.parameters())
         try:
             return fn()
         finally:
-            ema.restore(unwrapped.parameters())
+            self.ema.restore(self.unwrapped.parameters())
 
-    def write_samples():
-        unwrapped.eval()
-        device = accelerator.device
-        render = None if show_renders is None else show_renders.to(device)
-        samples = with_ema(
-            lambda: ddim_sample(
-                unwrapped,
-                DEFAULT_SCHEDULER_CONFIG,
-                show_noise.to(device),
-                show_styles.to(device),
-                sample_steps,
-                render=render,
-            )
-        )
-        if render is not None:  # the model samples (scaled) residuals: the image is R(s) + residual
-            samples = samples / residual_scale + render
-        unwrapped.train()
-        with atomic_write(out_dir / "samples" / f"step_{step:06d}.png") as tmp:
-            image_grid([show_images, samples.clamp(-1, 1).cpu()]).save(tmp)
-
-    def save_checkpoint():
+    def save(self, step: int) -> None:
         from safetensors.torch import save_file
 
         # All six files replace the previous checkpoint together: an interrupted save leaves the
         # previous one whole, never weights of one step beside an optimizer of another.
-        with atomic_dir(ckpt_dir) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in unwrapped.state_dict().items()}, tmp / "model.safetensors"
-            )
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-            torch.save(ema.state_dict(), tmp / "ema.pt")
-            torch.save(_rng_state(), tmp / "rng.pt")
+        with atomic_dir(self.checkpoint) as tmp:
+            state = {k: v.contiguous() for k, v in self.unwrapped.state_dict().items()}
+            save_file(state, tmp / "model.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+            torch.save(self.ema.state_dict(), tmp / "ema.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
 
-    def out_of_time() -> bool:
-        if time_limit is None:
-            return False
-        late = torch.tensor([float(time.perf_counter() - started >= time_limit)], device=accelerator.device)
-        return bool(accelerator.gather(late).max() > 0)  # every process stops at the same step
-
-    bar = tqdm(total=steps, initial=min(step, steps), desc="train-diffusion", disable=not progress)
-    model.train()
-    log_file = open(out_dir / "log.jsonl", "a") if accelerator.is_main_process else None
-    try:
-        while step < steps:
-            for batch in loader:
-                if step >= steps:
-                    break
-                x0, s, render = split_batch(batch, render_channels)
-                noise = torch.randn_like(x0)
-                t = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device
-                )
-                with accelerator.autocast():
-                    loss = diffusion_loss(model, noise_scheduler, x0, s, noise, t, render, residual_scale)
-                if not math.isfinite(loss.item()):
-                    raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-                accelerator.backward(loss)
-                if grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.step(unwrapped.parameters())
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if log_file:
-                    log_file.write(
-                        json.dumps(
-                            {
-                                "step": step,
-                                "loss": loss.item(),
-                                "lr": lr_scheduler.get_last_lr()[0],
-                                "time": round(time.time(), 4),  # wall clock: `--estimate` times steps by it
-                            }
-                        )
-                        + "\n"
-                    )
-                if accelerator.is_main_process:
-                    if sample_every and step % sample_every == 0:
-                        write_samples()
-                    if checkpoint_every and step % checkpoint_every == 0:
-                        save_checkpoint()
-                if step < steps and out_of_time():
-                    if accelerator.is_main_process:
-                        save_checkpoint()
-                    accelerator.wait_for_everyone()
-                    raise TrainingPaused(
-                        f"stopped at step {step} of {steps} after the time limit of {time_limit:.0f} s;"
-                        f" the checkpoint is in {ckpt_dir}: run the same command again to continue",
-                        step,
-                        steps,
-                    )
-    finally:
-        bar.close()
-        if log_file:
-            log_file.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint()
-        if sample_every and step % sample_every:
-            write_samples()
-        # Written aside, then moved in file by file: out_dir also holds the run's checkpoint and logs.
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".final-") as tmp:
-            with_ema(lambda: unwrapped.save_pretrained(tmp))
-            make_scheduler(DDIMScheduler, DEFAULT_SCHEDULER_CONFIG).save_pretrained(Path(tmp) / "scheduler")
-            _move_files_into(Path(tmp), out_dir)
-    return out_dir
+    def write_final(self, folder: Path) -> None:
+        """The EMA weights (`save_pretrained`) and the DDIM scheduler the editor samples with."""
+        self.with_ema(lambda: self.unwrapped.save_pretrained(folder))
+        make_scheduler(DDIMScheduler, DEFAULT_SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
 
 
-def _move_files_into(folder: Path, out_dir: Path) -> None:
-    """Each file of `folder` into the same place under `out_dir`, whole (os.replace); config.json
-    last, so a folder that has one has the matching weights."""
-    files = sorted((f for f in folder.rglob("*") if f.is_file()), key=lambda f: f.name == "config.json")
-    (out_dir / "config.json").unlink(missing_ok=True)  # an earlier run's: it must not pair with new weights
-    for f in files:
-        dest = out_dir / f.relative_to(folder)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(f, dest)
+def _epochs(loader):
+    """The loader's batches, epoch after epoch (each epoch a new shuffle of its generator)."""
+    while True:
+        yield from loader
 
 
-def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class _SampleGrids:
+    """`samples/step_XXXXXX.png`: fixed training examples on top, sampled from their codes (EMA
+    weights, fixed starting noise) below."""
 
+    def __init__(self, data, run: _DiffusionRun, count: int, seed: int, sample_steps: int, folder: Path, device):
+        shown = [split_batch(data[i], run.render_channels) for i in range(min(count, len(data)))]
+        self.images = torch.stack([x for x, _, _ in shown])
+        self.styles = torch.stack([s for _, s, _ in shown])
+        self.renders = torch.stack([r for _, _, r in shown]) if run.render_channels else None
+        self.noise = torch.randn(self.images.shape, generator=torch.Generator().manual_seed(seed))
+        self.run, self.sample_steps, self.folder, self.device = run, sample_steps, folder, device
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _drop_log_rows_after(log_jsonl: Path, step: int) -> None:
-    """A run killed between checkpoints logged steps the resumed run repeats: keep rows up to `step`."""
-    if not log_jsonl.is_file():
-        return
-    lines = log_jsonl.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        with atomic_write(log_jsonl) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+    def write(self, step: int) -> None:
+        model = self.run.unwrapped
+        model.eval()
+        device = self.device
+        render = None if self.renders is None else self.renders.to(device)
+        samples = self.run.with_ema(
+            lambda: ddim_sample(
+                model,
+                DEFAULT_SCHEDULER_CONFIG,
+                self.noise.to(device),
+                self.styles.to(device),
+                self.sample_steps,
+                render=render,
+            )
+        )
+        if render is not None:  # the model samples (scaled) residuals: the image is R(s) + residual
+            samples = samples / self.run.residual_scale + render
+        model.train()
+        with atomic_write(self.folder / f"step_{step:06d}.png") as tmp:
+            image_grid([self.images, samples.clamp(-1, 1).cpu()]).save(tmp)
 
 
 def _load_file(path: Path) -> dict:

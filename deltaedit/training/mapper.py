@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..fileio import atomic_write, write_json
 from ..nn.mapper import DeltaMapper
 from ..nn.stylespace import StyleLayout
+from .loop import Every, Processes, TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,14 @@ def neighbour_table(features: torch.Tensor, k: int, min_distance: float, chunk: 
     return torch.cat(rows).numpy()
 
 
+def pair_sampler(
+    c: torch.Tensor, indices: np.ndarray, batch_size: int, seed: int, neighbours: int, min_distance, random_fraction
+) -> PairSampler:
+    """The training pairs of `indices`: random partners, or nearest ones when `neighbours` > 0."""
+    table = neighbour_table(c[torch.from_numpy(indices)], neighbours, min_distance) if neighbours else None
+    return PairSampler(indices, batch_size, seed, table, random_fraction if neighbours else 1.0)
+
+
 def validation_pairs(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed (i, partner) pairs inside the validation split, each code once as i."""
     partner = np.random.default_rng([seed, 3]).integers(0, len(indices), len(indices))
@@ -200,7 +208,7 @@ def state_path_for(out: Path) -> Path:
     return Path(out).with_name(Path(out).stem + ".train_state.pt")
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # clone: saved tensors must not share storage with views of bigger ones
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
@@ -214,7 +222,7 @@ def save_mapper_weights(mapper: DeltaMapper, path: str | os.PathLike) -> Path:
     """`.pth`/`.pt`: plain state dict (net_face.pth format); `.safetensors`: + JSON sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = _cpu_state(mapper)
+    state = cpu_state(mapper)
     if path.suffix in TORCH_SUFFIXES:
         _torch_save_atomic(state, path)
     elif path.suffix == SAFETENSORS_SUFFIX:
@@ -276,7 +284,58 @@ def load_training_state(path: str | os.PathLike) -> dict:
     return state if "model" in state else {"model": state}
 
 
-# ---- training loop ------------------------------------------------------------------------------
+# ---- training -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LossHistory:
+    """A run's losses so far: one per step (from step 0) and (step, value) validation losses."""
+
+    train: list[float] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)  # still on the device: one sync per log line
+
+    @classmethod
+    def from_state(cls, state: dict) -> LossHistory:
+        train = [float(x) for x in state.get("train_losses", [])]
+        return cls(train, [(int(a), float(b)) for a, b in state.get("val_losses", [])])
+
+    def flush(self) -> None:
+        if self.pending:
+            self.train += torch.stack(self.pending).float().cpu().tolist()
+            self.pending = []
+
+    def as_state(self) -> dict:
+        return {"train_losses": self.train, "val_losses": [list(v) for v in self.val]}
+
+
+def state_saver(path: Path, models: dict, optimizer, settings: dict, history: LossHistory):
+    """`save(step)`: the resumable state of a mapper run (its `models` by key, the optimizer, the
+    step, the settings that must not change and the losses so far), written whole."""
+
+    def save(step: int) -> None:
+        history.flush()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {key: cpu_state(model) for key, model in models.items()}
+        state |= {"optimizer": optimizer.state_dict(), "step": step, "settings": settings}
+        _torch_save_atomic(state | history.as_state(), path)
+
+    return save
+
+
+def check_mapper_output(out: Path, steps: int, batch_size: int) -> None:
+    if out.suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
+        raise InputError(f"--out must end in .pth (official format) or .safetensors, got {out.name}")
+    if steps < 0 or batch_size < 1:
+        raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
+
+
+def check_pairing(neighbours: int, min_distance: float, random_fraction: float) -> None:
+    if neighbours < 0 or min_distance < 0 or not 0 <= random_fraction <= 1:
+        raise InputError(
+            "neighbours and min_distance must be >= 0 and random_fraction between 0 and 1"
+            f" (got {neighbours}, {min_distance}, {random_fraction})"
+        )
 
 
 @torch.no_grad()
@@ -293,6 +352,37 @@ def validation_loss(mapper, s, c, pairs, batch_size: int, device, l2_lambda=1.0,
         total += float(loss) * s1.shape[0]
     mapper.train(was_training)
     return total / max(len(first), 1)
+
+
+def _checked_codes(codes, layout: StyleLayout, clip_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    s, c = _as_arrays(codes)
+    if s.shape[1] != layout.total:
+        raise InputError(
+            f"the codes have {s.shape[1]} style values but the layout needs {layout.total}; wrong domain?"
+        )
+    if c.shape[1] != clip_dim:
+        raise InputError(
+            f"the codes have {c.shape[1]}-value CLIP features but the domain's CLIP has {clip_dim}"
+        )
+    return s, c
+
+
+def _resume_mapper(resume, mapper, optimizer, settings: dict) -> tuple[int, LossHistory]:
+    """The step and losses a run resumes from; `resume` may also be bare weights (step 0)."""
+    state = load_training_state(resume)
+    mapper.load_state_dict(state["model"], strict=True)
+    start, history = 0, LossHistory()
+    if "optimizer" in state:
+        old = state.get("settings", {})
+        diff = [k for k in _SPLIT_KEYS if k in old and old[k] != settings[k]]
+        if diff:
+            raise InputError(
+                f"{resume} was trained with other {', '.join(diff)}; resume with the same codes and settings"
+            )
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), LossHistory.from_state(state)
+    log.info("resumed from %s at step %d", resume, start)
+    return start, history
 
 
 def train_mapper(
@@ -330,27 +420,11 @@ def train_mapper(
     processes); otherwise training runs on `device` (default CPU).
     """
     out = Path(out)
-    if out.suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
-        raise InputError(f"--out must end in .pth (official format) or .safetensors, got {out.name}")
-    if steps < 0 or batch_size < 1:
-        raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
+    check_mapper_output(out, steps, batch_size)
     if delta_noise < 0:
         raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
-    if neighbours < 0 or min_distance < 0 or not 0 <= random_fraction <= 1:
-        raise InputError(
-            "neighbours and min_distance must be >= 0 and random_fraction between 0 and 1"
-            f" (got {neighbours}, {min_distance}, {random_fraction})"
-        )
-    s, c = _as_arrays(codes)
-    if s.shape[1] != layout.total:
-        raise InputError(
-            f"the codes have {s.shape[1]} style values but the layout needs {layout.total}; wrong domain?"
-        )
-    if c.shape[1] != clip_dim:
-        raise InputError(
-            f"the codes have {c.shape[1]}-value CLIP features but the domain's CLIP has {clip_dim}"
-        )
-
+    check_pairing(neighbours, min_distance, random_fraction)
+    s, c = _checked_codes(codes, layout, clip_dim)
     settings = {
         "n": int(s.shape[0]),
         "seed": int(seed),
@@ -362,442 +436,54 @@ def train_mapper(
         "random_fraction": float(random_fraction),
     }
     train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
-    table = None
-    if neighbours:
-        table = neighbour_table(c[torch.from_numpy(train_idx)], neighbours, min_distance)
-    sampler = PairSampler(train_idx, batch_size, seed, table, random_fraction if neighbours else 1.0)
+    sampler = pair_sampler(c, train_idx, batch_size, seed, neighbours, min_distance, random_fraction)
     val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
 
     torch.manual_seed(seed)  # same initial weights for the same seed
     mapper = DeltaMapper(layout, clip_dim)
     optimizer = torch.optim.Adam(mapper.parameters(), lr=lr)
-    start, train_losses, val_losses = 0, [], []
+    start, history = 0, LossHistory()
     if resume is not None:
-        state = load_training_state(resume)
-        mapper.load_state_dict(state["model"], strict=True)
-        if "optimizer" in state:
-            old = state.get("settings", {})
-            diff = [k for k in _SPLIT_KEYS if k in old and old[k] != settings[k]]
-            if diff:
-                raise InputError(
-                    f"{resume} was trained with other {', '.join(diff)}; resume with the same codes and settings"
-                )
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["step"])
-            train_losses = [float(x) for x in state.get("train_losses", [])]
-            val_losses = [(int(a), float(b)) for a, b in state.get("val_losses", [])]
-        log.info("resumed from %s at step %d", resume, start)
-
-    if accelerator is not None:
-        mapper, optimizer = accelerator.prepare(mapper, optimizer)
-        device, rank, world, is_main = (
-            accelerator.device,
-            accelerator.process_index,
-            accelerator.num_processes,
-            accelerator.is_main_process,
-        )
-        unwrap = accelerator.unwrap_model
-    else:
-        device = torch.device(device or "cpu")
-        mapper.to(device)
-        _optimizer_to(optimizer, device)
-        rank, world, is_main = 0, 1, True
-        unwrap = lambda m: m  # noqa: E731
+        start, history = _resume_mapper(resume, mapper, optimizer, settings)
+    procs = Processes.of(accelerator, device)
+    mapper, optimizer = procs.prepare(mapper, optimizer)
     state_path = state_path_for(out)
+    save = state_saver(state_path, {"model": procs.unwrap(mapper)}, optimizer, settings, history)
+    loop = TrainingLoop(steps, procs, save, save_every=save_every, progress=progress, desc="mapper")
+    last: dict[str, torch.Tensor] = {}
 
-    def save_state(step: int) -> None:
-        if not is_main:
-            return
-        out.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "model": _cpu_state(unwrap(mapper)),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "settings": settings,
-            "train_losses": train_losses,
-            "val_losses": [list(v) for v in val_losses],
-        }
-        _torch_save_atomic(state, state_path)
-
-    def validate(step: int) -> None:
-        if val_pairs is None:
-            return
-        value = validation_loss(unwrap(mapper), s, c, val_pairs, batch_size, device, l2_lambda, cos_lambda)
-        val_losses.append((step, value))
-
-    pending: list[torch.Tensor] = []  # per-step losses still on the device (one sync per log line)
-    mapper.train()
-    bar = tqdm(
-        range(start, steps), initial=start, total=steps, desc="mapper", disable=not (progress and is_main)
-    )
-    for step in bar:
-        first, partner = sampler.batch(step, rank, world)
+    def train_step(step: int) -> None:
+        first, partner = sampler.batch(step, procs.rank, procs.world)
         noise_rng = (
-            torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + rank) if delta_noise else None
+            torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + procs.rank) if delta_noise else None
         )
-        s1, cond, target = _batch_tensors(s, c, first, partner, device, delta_noise, noise_rng)
+        s1, cond, target = _batch_tensors(s, c, first, partner, procs.device, delta_noise, noise_rng)
         loss, l2, cos = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
-        l2, cos = l2.detach(), cos.detach()
+        last.update(l2=l2.detach(), cos=cos.detach())
         optimizer.zero_grad(set_to_none=True)
-        if accelerator is not None:
-            accelerator.backward(loss)
-        else:
-            loss.backward()
+        procs.backward(loss)
         optimizer.step()
-        pending.append(loss.detach())
+        history.pending.append(loss.detach())
 
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            train_losses += torch.stack(pending).float().cpu().tolist()
-            pending = []
-            if done % val_every == 0 or done == steps:
-                validate(done)
-            val_text = f" val {val_losses[-1][1]:.4f}" if val_losses and val_losses[-1][0] == done else ""
-            bar.set_postfix(loss=f"{train_losses[-1]:.4f}")
-            if is_main:
-                log.info(
-                    "step %d train %.4f (mse %.4g, cos %.4f)%s",
-                    done,
-                    train_losses[-1],
-                    l2.item(),
-                    cos.item(),
-                    val_text,
-                )
-        if done % save_every == 0 and done != steps:
-            train_losses += torch.stack(pending).float().cpu().tolist() if pending else []
-            pending = []
-            save_state(done)
-    bar.close()
-
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return _final_result(
-        unwrap(mapper).cpu(),
-        out,
-        save_state,
-        state_path,
-        max(steps, start),
-        train_losses,
-        val_losses,
-        is_main,
-    )
-
-
-def _final_result(
-    mapper, out: Path, save_state, state_path: Path, steps: int, train_losses, val_losses, write: bool = True
-) -> TrainResult:
-    """The end of a mapper run: its weights and resumable state written (by the main process only,
-    `write`), and what the run did."""
-    if write:
-        save_mapper_weights(mapper, out)
-        save_state(steps)
-        log.info("wrote %s and %s", out, state_path)
-    return TrainResult(
-        path=out, train_losses=train_losses, val_losses=val_losses, state_path=state_path, steps=steps
-    )
-
-
-def _optimizer_to(optimizer: torch.optim.Optimizer, device) -> None:
-    """Move loaded optimizer moments to the model's device (they load on the CPU)."""
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
-
-
-# ---- distillation of the refinement -------------------------------------------------------------
-#
-# Not in the paper. `deltaedit.refine` corrects the mapper's Δs at inference with gradient steps
-# through the generator and CLIP (20 steps were 50x the cost of an edit on the toy domain). The same
-# objective can be trained into the mapper instead, text-free: for a code s1 and a partner s2, the
-# image delta d = î2 − î1 plays the text delta, grounded in î1 as inference grounds Δt (the
-# domain's feature bank); the relevance selection reads d as inference reads Δt; and the mapper's
-# edit s1 + strength · keep · M(s1, [î1, g]) is decoded and scored with the refinement's loss
-# |Δi − g|² (`deltaedit.refine.refinement_loss`). Backpropagating that loss into the mapper is
-# what the refinement does to one Δs, for every code at once. A small anchor keeps the mapper's
-# output near the one it started from (the refinement also starts from the mapper's Δs).
-
-DISTIL_LR = 0.3  # Adam; the mapper's layers scale it by lr_mul 0.01
-DISTIL_ANCHOR = 1.0
-DISTIL_STEPS = 1000
-DISTIL_BATCH = 32
-# Settings of a distillation that a resumed run must keep.
-_DISTIL_KEYS = (*_SPLIT_KEYS, "strength", "threshold")
-
-
-@dataclass
-class DistilModels:
-    """The frozen models the distillation decodes and scores through (the editor's own)."""
-
-    generator: torch.nn.Module
-    clip: object  # a DomainClip: image_features and condition
-    fs3: torch.Tensor  # [S, D] relevance matrix
-    feature_bank: object | None = None  # a FeatureBank; None: the text-direction loss
-
-
-def _as_code_arrays(codes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(W+ [N, L, D], S [N, total], CLIP [N, D]) from a codes folder or a triple of arrays."""
-    if isinstance(codes, (str, os.PathLike)):
-        from .codes import load_codes
-
-        codes = load_codes(codes)
-    if len(codes) != 3:
-        raise InputError("distillation needs W+, S and CLIP codes (a make-codes folder)")
-    w, s, c = (torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in codes)
-    if w.ndim != 3 or s.ndim != 2 or c.ndim != 2 or not w.shape[0] == s.shape[0] == c.shape[0]:
-        raise InputError(
-            "codes must be W+ [N, n_latent, style_dim], S [N, total] and CLIP [N, D] with equal N,"
-            f" got {tuple(w.shape)}, {tuple(s.shape)}, {tuple(c.shape)}"
-        )
-    return w, s, c
-
-
-def _frozen_copy(mapper: DeltaMapper) -> DeltaMapper:
-    ref = DeltaMapper(mapper.layout, mapper.clip_dim)
-    ref.load_state_dict(_cpu_state(mapper))
-    return ref.eval().requires_grad_(False)
-
-
-def distil_batch(
-    mapper: DeltaMapper,
-    reference: DeltaMapper | None,
-    models: DistilModels,
-    w: torch.Tensor,
-    s1: torch.Tensor,
-    c1: torch.Tensor,
-    c2: torch.Tensor,
-    strength: float,
-    threshold: float,
-    anchor: float,
-    push: float = 0.5,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, refinement loss, anchor loss) of one batch of code pairs (rows: s1 → partner).
-
-    The pair's image delta d = î2 − î1 is the text delta: grounded in î1 for the mapper's
-    condition and the loss's target, and read by the relevance selection, as at inference.
-    """
-    from ..nn.stylespace import decode_s, layout_from_generator
-    from ..refine import refinement_loss, unit_image_features
-
-    c1 = F.normalize(c1, dim=-1)
-    delta = F.normalize(c2, dim=-1) - c1
-    bank = models.feature_bank
-    grounded = bank.ground(delta, c1) if bank is not None else delta
-    cond = models.clip.condition(c1, grounded)
-    keep = (delta @ models.fs3.to(delta).T).abs() >= threshold
-    raw = mapper(s1, cond)
-    change = strength * raw * keep.to(raw.dtype)
-    G = models.generator
-    images = decode_s(G, layout_from_generator(G).split(s1 + change), w)
-    delta_i = unit_image_features(models.clip, images) - c1
-    moved = delta.norm(dim=-1) > 1e-6  # a code paired with itself asks for nothing
-    per_row = refinement_loss(
-        delta_i,
-        target=grounded if bank is not None else None,
-        direction=F.normalize(delta, dim=-1),
-        push=push,
-    )
-    refine = (per_row * moved).sum() / moved.sum().clamp(min=1)
-    anchored = raw.new_zeros(())
-    if reference is not None and anchor > 0:
-        with torch.no_grad():
-            start = reference(s1, cond)
-        anchored = F.mse_loss(raw, start)
-    return refine + anchor * anchored, refine.detach(), anchored.detach()
-
-
-@torch.no_grad()
-def distil_validation(mapper, reference, models, w, s, c, pairs, batch_size, device, **kwargs) -> float:
-    """Mean refinement loss of `mapper` on fixed validation pairs (anchor excluded)."""
-    was_training = mapper.training
-    mapper.eval()
-    first, partner = (torch.from_numpy(p) for p in pairs)
-    total = 0.0
-    for start in range(0, len(first), batch_size):
-        i, j = first[start : start + batch_size], partner[start : start + batch_size]
-        _, refine, _ = distil_batch(
-            mapper,
-            None,
-            models,
-            w[i].to(device),
-            s[i].to(device),
-            c[i].to(device),
-            c[j].to(device),
-            anchor=0.0,
-            **kwargs,
-        )
-        total += float(refine) * len(i)
-    mapper.train(was_training)
-    return total / max(len(first), 1)
-
-
-def distil_mapper(
-    codes,
-    models: DistilModels,
-    init: DeltaMapper | str | os.PathLike,
-    out: str | os.PathLike,
-    steps: int = DISTIL_STEPS,
-    batch_size: int = DISTIL_BATCH,
-    lr: float = DISTIL_LR,
-    strength: float = 0.85,
-    threshold: float = 0.1,
-    anchor: float = DISTIL_ANCHOR,
-    push: float = 0.5,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    resume: str | os.PathLike | None = None,
-    progress: bool = True,
-    log_every: int = 100,
-    val_every: int = 500,
-    save_every: int = 500,
-    device: str | torch.device | None = None,
-    neighbours: int = 16,
-    min_distance: float = 0.25,
-    random_fraction: float = 0.0,
-    val_pairs: int = 128,
-) -> TrainResult:
-    """Fine-tune the mapper `init` (weights or a path) on the refinement's own objective, text-free.
-
-    See the section comment above. `codes`: a make-codes folder or (W+, S, CLIP) arrays; pairs are
-    drawn as by `train_mapper` (`neighbours`, `min_distance`, `random_fraction`). `strength` and
-    `threshold` are those the distilled mapper will be used with (the domain's edit defaults).
-    The generator and CLIP are never changed. `val_losses` hold the validation refinement loss,
-    the first at step 0 (the starting mapper). `resume`: this function's training state.
-    """
-    out = Path(out)
-    if out.suffix not in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
-        raise InputError(f"--out must end in .pth (official format) or .safetensors, got {out.name}")
-    if steps < 0 or batch_size < 1:
-        raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
-    if strength <= 0 or threshold < 0 or anchor < 0:
-        raise InputError(
-            f"distillation needs strength > 0, threshold >= 0 and anchor >= 0 (got {strength}, {threshold}, {anchor})"
-        )
-    if neighbours < 0 or min_distance < 0 or not 0 <= random_fraction <= 1:
-        raise InputError(
-            "neighbours and min_distance must be >= 0 and random_fraction between 0 and 1"
-            f" (got {neighbours}, {min_distance}, {random_fraction})"
-        )
-    device = torch.device(device or "cpu")
-    w, s, c = _as_code_arrays(codes)
-    if isinstance(init, (str, os.PathLike)):
-        init = load_mapper_weights(init)
-    mapper = DeltaMapper(init.layout, init.clip_dim)
-    mapper.load_state_dict(_cpu_state(init))
-    if s.shape[1] != mapper.layout.total or c.shape[1] != mapper.clip_dim:
-        raise InputError(
-            f"the codes have {s.shape[1]} style values and {c.shape[1]}-value CLIP features; the mapper"
-            f" needs {mapper.layout.total} and {mapper.clip_dim}: wrong domain?"
-        )
-    fs3 = torch.as_tensor(models.fs3, dtype=torch.float32)
-    if tuple(fs3.shape) != (mapper.layout.total, mapper.clip_dim):
-        raise InputError(f"fs3 is {tuple(fs3.shape)}, expected {(mapper.layout.total, mapper.clip_dim)}")
-    models = DistilModels(models.generator, models.clip, fs3.to(device), models.feature_bank)
-
-    settings = {
-        "n": int(s.shape[0]),
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-        "batch_size": int(batch_size),
-        "neighbours": int(neighbours),
-        "min_distance": float(min_distance),
-        "random_fraction": float(random_fraction),
-        "strength": float(strength),
-        "threshold": float(threshold),
-        "anchor": float(anchor),
-        "lr": float(lr),
-        "distil": True,
-    }
-    train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
-    table = neighbour_table(c[torch.from_numpy(train_idx)], neighbours, min_distance) if neighbours else None
-    sampler = PairSampler(train_idx, batch_size, seed, table, random_fraction if neighbours else 1.0)
-    fixed_val = None
-    if len(val_idx) >= 2 and val_pairs > 0:
-        val_idx = val_idx[:val_pairs]
-        k = min(neighbours, len(val_idx) - 1)
-        val_table = neighbour_table(c[torch.from_numpy(val_idx)], k, min_distance) if k else None
-        fixed_val = PairSampler(
-            val_idx, len(val_idx), seed + 1, val_table, random_fraction if k else 1.0
-        ).batch(0)
-
-    reference = _frozen_copy(init)  # the anchor: the mapper the distillation starts from
-    optimizer = torch.optim.Adam(mapper.parameters(), lr=lr)
-    start, train_losses, val_losses = 0, [], []
-    if resume is not None:
-        state = load_training_state(resume)
-        if not state.get("settings", {}).get("distil"):
-            raise InputError(f"{resume} is not a distillation state; pass it as the starting mapper instead")
-        old = state["settings"]
-        diff = [k for k in _DISTIL_KEYS if old.get(k) != settings[k]]
-        if diff:
-            raise InputError(
-                f"{resume} was distilled with other {', '.join(diff)}; resume with the same codes and settings"
+    def log_line(done: int) -> None:
+        history.flush()
+        if (done % val_every == 0 or done == steps) and val_pairs is not None:
+            value = validation_loss(
+                procs.unwrap(mapper), s, c, val_pairs, batch_size, procs.device, l2_lambda, cos_lambda
             )
-        mapper.load_state_dict(state["model"], strict=True)
-        reference.load_state_dict(state["reference"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        train_losses = [float(x) for x in state.get("train_losses", [])]
-        val_losses = [(int(a), float(b)) for a, b in state.get("val_losses", [])]
-        log.info("resumed the distillation from %s at step %d", resume, start)
-    mapper.to(device)
-    reference.to(device)
-    _optimizer_to(optimizer, device)
-    state_path = state_path_for(out)
-    params = [p for p in mapper.parameters() if p.requires_grad]
-    loss_kwargs = dict(strength=strength, threshold=threshold, push=push)
+            history.val.append((done, value))
+        val = history.val[-1] if history.val and history.val[-1][0] == done else None
+        loop.show(loss=f"{history.train[-1]:.4f}")
+        if procs.is_main:
+            log.info(
+                "step %d train %.4f (mse %.4g, cos %.4f)%s",
+                *(done, history.train[-1], last["l2"].item(), last["cos"].item()),
+                f" val {val[1]:.4f}" if val else "",
+            )
 
-    def validate(step: int) -> None:
-        if fixed_val is not None and not any(v[0] == step for v in val_losses):
-            value = distil_validation(mapper, None, models, w, s, c, fixed_val, 64, device, **loss_kwargs)
-            val_losses.append((step, value))
-            log.info("distillation step %d: validation refinement loss %.4f", step, value)
-
-    def save_state(step: int) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "model": _cpu_state(mapper),
-            "reference": _cpu_state(reference),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "settings": settings,
-            "train_losses": train_losses,
-            "val_losses": [list(v) for v in val_losses],
-        }
-        _torch_save_atomic(state, state_path)
-
-    if start == 0:
-        validate(0)
     mapper.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="distil", disable=not progress)
-    for step in bar:
-        first, partner = (torch.from_numpy(x) for x in sampler.batch(step))
-        loss, refine, anchored = distil_batch(
-            mapper,
-            reference,
-            models,
-            w[first].to(device),
-            s[first].to(device),
-            c[first].to(device),
-            c[partner].to(device),
-            anchor=anchor,
-            **loss_kwargs,
-        )
-        grads = torch.autograd.grad(loss, params)  # the generator's and CLIP's weights stay untouched
-        for p, g in zip(params, grads):
-            p.grad = g
-        optimizer.step()
-        train_losses.append(float(refine))
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            recent = np.mean(train_losses[-log_every:])
-            bar.set_postfix(loss=f"{recent:.4f}")
-            log.info("distillation step %d: refinement loss %.4f, anchor %.3g", done, recent, float(anchored))
-        if done % val_every == 0 or done == steps:
-            validate(done)
-        if done % save_every == 0 and done != steps:
-            save_state(done)
-    bar.close()
-    return _final_result(
-        mapper.cpu().eval(), out, save_state, state_path, max(steps, start), train_losses, val_losses
-    )
+    done = loop.run(start, train_step, (Every(log_every, log_line),))
+    loop.finish(done, lambda: save_mapper_weights(procs.unwrap(mapper).cpu(), out))
+    if procs.is_main:
+        log.info("wrote %s and %s", out, state_path)
+    return TrainResult(out, history.train, history.val, state_path, done)
