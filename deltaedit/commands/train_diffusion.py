@@ -82,6 +82,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="device for encoding and generating (default: this process's GPU if any)",
     )
+    _add_schedule_arguments(p)
+    _add_generator_data_arguments(p.add_argument_group("--data generator"))
+    p.add_argument(
+        "--estimate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time N training steps on this device (after a short warm-up), print s/step, memory and"
+        " the projected hours of --steps, and write nothing to --out",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """How long and how fast to train, and when to sample, save and stop."""
     p.add_argument("--steps", type=int, default=100_000, help="total optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per process (default 32)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
@@ -96,7 +111,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_time_limit_option(
         p, "stop at a checkpoint after MINUTES (exit code 75); rerun with --resume latest to continue"
     )
-    g = p.add_argument_group("--data generator")
+
+
+def _add_generator_data_arguments(g) -> None:
+    """How `--data generator` draws its training images."""
     g.add_argument(
         "--truncation",
         default="0.5,0.7,1.0",
@@ -116,15 +134,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the domain's generator architecture with random weights (timing a GPU without downloads)",
     )
-    p.add_argument(
-        "--estimate",
-        type=int,
-        default=None,
-        metavar="N",
-        help="time N training steps on this device (after a short warm-up), print s/step, memory and"
-        " the projected hours of --steps, and write nothing to --out",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def domain_style_fn(domain: str, device: str, weights_dir=None):

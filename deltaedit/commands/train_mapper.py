@@ -15,6 +15,14 @@ HELP = "train the Delta Mapper on image-pair codes (no text), the authors' objec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_run_arguments(p)
+    _add_pairing_arguments(p)
+    _add_distil_arguments(p)
+    _add_schedule_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What to train on, where to write it, and how long."""
     p.add_argument("--codes", type=Path, required=True, help="codes folder written by make-codes")
     p.add_argument("--domain", default="ffhq", help="domain id: ffhq or toy (default: ffhq)")
     p.add_argument(
@@ -57,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a .train_state.pt to continue (or mapper weights to fine-tune)",
     )
+
+
+def _add_pairing_arguments(p: argparse.ArgumentParser) -> None:
+    """Which code pairs the mapper learns from."""
     p.add_argument(
         "--delta-noise",
         type=float,
@@ -83,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --neighbours: fraction of pairs that keep a random partner (default 0.5; with --distil 0)",
     )
+
+
+def _add_distil_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group(
         "distillation of the refinement (not in the paper; see deltaedit.training.distil)"
     )
@@ -119,6 +134,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --distil: folder of the domain's generator, CLIP, fs3 and feature bank (default:"
         " the domain's own weights)",
     )
+
+
+def _add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """When to log, validate and save; where to run."""
     p.add_argument(
         "--log-every", type=int, default=None, help="steps between log lines (default 1000; --distil 100)"
     )
