@@ -245,20 +245,7 @@ def evaluate(
     for i in tqdm(range(n), desc="evaluating", disable=not progress):
         truth = attrs[i].labels()
         face = Image.fromarray(images[i])
-        jobs = []  # (group, prompt, source text, target text, asked values)
-        for prompt in standard_prompts():
-            asked = prompt_targets(prompt)
-            if any(truth[a] != v for a, v in asked.items()):
-                jobs.append((report.standard, prompt, None, prompt, asked))
-        for source, target in SOURCE_TARGET_PAIRS:
-            if all(truth[a] == v for a, v in prompt_targets(source).items()):
-                jobs.append(
-                    (report.source_pairs, f"{source} -> {target}", source, target, prompt_targets(target))
-                )
-        for prompt in TWO_ATTRIBUTE_PROMPTS:
-            asked = prompt_targets(prompt)
-            if all(truth[a] != v for a, v in asked.items()):
-                jobs.append((report.two_attribute, prompt, None, prompt, asked))
+        jobs = _face_jobs(report, truth)
         gan_psnr = _gan_reconstruction_psnr(editor, face)
         if gan_psnr is not None:
             gan_psnrs.append(gan_psnr)
@@ -285,17 +272,9 @@ def evaluate(
                 x = getattr(result, "input_tensor", None)
                 if x is None:
                     x = images_to_tensor(images[i : i + 1])
-                x = x.float().cpu()
-                if x.shape[-1] != truths.shape[-1]:
-                    x = F.interpolate(
-                        x, size=truths.shape[-2:], mode="bilinear", antialias=True, align_corners=False
-                    )
+                x = _resized(x.float().cpu(), truths.shape[-1])
                 render_source, render_edits = _renders_of(editor, result, truths.shape[-1])
-                edited = result.edited_tensor.float().cpu()
-                if edited.shape[-1] != truths.shape[-1]:
-                    edited = F.interpolate(
-                        edited, size=truths.shape[-2:], mode="bilinear", antialias=True, align_corners=False
-                    )
+                edited = _resized(result.edited_tensor.float().cpu(), truths.shape[-1])
                 rows = counterfactual_rows(
                     x, render_source.cpu(), render_edits.cpu(), edited, _mask_threshold(editor)
                 )
@@ -309,6 +288,32 @@ def evaluate(
     if gan_psnrs:
         report.gan_reconstruction_psnr = float(np.mean(gan_psnrs))
     return report
+
+
+def _face_jobs(report: EvalReport, truth: dict) -> list[tuple]:
+    """One face's edits as (score group, prompt, source text, target text, asked values): every
+    standard and two-attribute prompt the face does not already satisfy, and every source-target
+    pair whose source it does."""
+    jobs = []
+    for prompt in standard_prompts():
+        asked = prompt_targets(prompt)
+        if any(truth[a] != v for a, v in asked.items()):
+            jobs.append((report.standard, prompt, None, prompt, asked))
+    for source, target in SOURCE_TARGET_PAIRS:
+        if all(truth[a] == v for a, v in prompt_targets(source).items()):
+            jobs.append((report.source_pairs, f"{source} -> {target}", source, target, prompt_targets(target)))
+    for prompt in TWO_ATTRIBUTE_PROMPTS:
+        asked = prompt_targets(prompt)
+        if all(truth[a] != v for a, v in asked.items()):
+            jobs.append((report.two_attribute, prompt, None, prompt, asked))
+    return jobs
+
+
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` [N, C, h, w] at size x size (antialiased bilinear), or as it is."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _save_sheet(path: Path, x: torch.Tensor, truths: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
