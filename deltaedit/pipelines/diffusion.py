@@ -274,28 +274,12 @@ class DiffusionBackbone:
         3x3 mean, at most the threshold) return the input's pixels instead (docs/deltaedit-d.md).
         """
         _check_output_rule(residual, change_threshold)
-        x0 = self._check_image(x0)
-        if x0.shape[0] != 1:
-            raise InputError(f"edit takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
-        s_source = self._check_style(s_source, "s_source")
-        if s_source.shape[0] != 1:
-            raise InputError(f"s_source must be [1, {self.style_dim}], got {tuple(s_source.shape)}")
-        delta_s = self._check_style(delta_s, "delta_s")
-        if not math.isfinite(float(strength)):
-            raise InputError(f"strength must be a finite number, got {strength!r}")
+        x0, s_source = self._check_source(x0, s_source, "edit")
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
-        styles = torch.cat([s_source, s_source + float(strength) * delta_s])
+        styles = self._edit_styles(s_source, delta_s, strength)
         renders = self._check_render(render, styles)
-        inversion = self._invert(
-            x0,
-            s_source,
-            steps,
-            refine,
-            refine_last,
-            preserve_details,
-            None if renders is None else renders[:1],
-            depth,
-        )
+        render_source = None if renders is None else renders[:1]
+        inversion = self._invert(x0, s_source, steps, refine, refine_last, preserve_details, render_source, depth)
         return self._decode(inversion, styles, renders, residual, change_threshold)
 
     def invert_source(
@@ -312,12 +296,7 @@ class DiffusionBackbone:
         """The inverting half of `edit` (same arguments): x0 [1,3,H,W] inverted once under
         s_source [1,S]. `decode_inversion` then decodes it at any Δs and strength, with no new
         inversion (the app's live strength slider)."""
-        x0 = self._check_image(x0)
-        if x0.shape[0] != 1:
-            raise InputError(f"invert_source takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
-        s_source = self._check_style(s_source, "s_source")
-        if s_source.shape[0] != 1:
-            raise InputError(f"s_source must be [1, {self.style_dim}], got {tuple(s_source.shape)}")
+        x0, s_source = self._check_source(x0, s_source, "invert_source")
         renders = self._check_render(render, s_source)
         return self._invert(x0, s_source, steps, refine, refine_last, preserve_details, renders, depth)
 
@@ -333,12 +312,26 @@ class DiffusionBackbone:
         """The decoding half of `edit` for an `invert_source` result: one DDIM decoding pass under
         s_source + strength·Δs [T,S] (`render`, `residual` and `change_threshold` as in `edit`)."""
         _check_output_rule(residual, change_threshold)
+        styles = self._edit_styles(inversion.s_source, delta_s, strength)
+        renders = self._check_render(render, styles)
+        return self._decode(inversion, styles, renders, residual, change_threshold)
+
+    def _check_source(self, x0, s_source, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image [1, 3, H, W] and its style code [1, S], checked for `what` (the caller's name)."""
+        x0 = self._check_image(x0)
+        if x0.shape[0] != 1:
+            raise InputError(f"{what} takes one image [1, 3, H, W], got a batch of {x0.shape[0]}")
+        s_source = self._check_style(s_source, "s_source")
+        if s_source.shape[0] != 1:
+            raise InputError(f"s_source must be [1, {self.style_dim}], got {tuple(s_source.shape)}")
+        return x0, s_source
+
+    def _edit_styles(self, s_source, delta_s, strength) -> torch.Tensor:
+        """[s_source, s_source + strength·Δs_1, ...]: the codes one decoding pass decodes."""
         delta_s = self._check_style(delta_s, "delta_s")
         if not math.isfinite(float(strength)):
             raise InputError(f"strength must be a finite number, got {strength!r}")
-        styles = torch.cat([inversion.s_source, inversion.s_source + float(strength) * delta_s])
-        renders = self._check_render(render, styles)
-        return self._decode(inversion, styles, renders, residual, change_threshold)
+        return torch.cat([s_source, s_source + float(strength) * delta_s])
 
     def _invert(
         self, x0, s_source, steps, refine, refine_last, preserve_details, render_source, depth
