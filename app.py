@@ -176,26 +176,19 @@ def edit_gan(
     The edit is kept for the session, so that moving the strength slider redraws it (`redraw_edit`).
     """
     _start(progress, "DeltaEdit-G: editing")
-    view = _gpu_edit(
-        "gan",
-        domain=domain,
-        image=image,
-        source=source,
-        target=target,
-        strength=strength,
-        threshold=threshold,
-        seed=seed,
-        align=align,
-        keep_plan=True,
-    )
-    _keep_plan(request, domain, view)
-    return _edit_outputs(view)
+    return _edit_kept(
+        request, "gan", domain=domain, image=image, source=source, target=target, strength=strength,
+        threshold=threshold, seed=seed, align=align,
+    )  # fmt: skip
 
 
-def _keep_plan(request, domain, view) -> None:
+def _edit_kept(request, backbone: str, **edit_request):
+    """One edit whose plan is kept for the page's session (the live strength slider redraws it)."""
+    view = _gpu_edit(backbone, keep_plan=True, **edit_request)
     session = getattr(request, "session_hash", None)
     if session and view.extra.get("plan") is not None:
-        service.PLANS.keep(domain, view.extra["plan"], token=session)
+        service.PLANS.keep(edit_request["domain"], view.extra["plan"], token=session)
+    return _edit_outputs(view)
 
 
 def redraw_edit(strength, backbone, request: gr.Request = None):
@@ -294,21 +287,10 @@ def edit_diffusion(
     """DeltaEdit-D: the same edit decoded by the style-conditioned diffusion model (`steps` DDIM steps).
     The edit and its inversion are kept for the session, so that moving the strength slider redraws it."""
     _start(progress, f"DeltaEdit-D: inverting and sampling ({int(steps)} DDIM steps)")
-    view = _gpu_edit(
-        "diffusion",
-        domain=domain,
-        image=image,
-        source=source,
-        target=target,
-        strength=strength,
-        threshold=threshold,
-        seed=seed,
-        align=align,
-        steps=int(steps),
-        keep_plan=True,
-    )
-    _keep_plan(request, domain, view)
-    return _edit_outputs(view)
+    return _edit_kept(
+        request, "diffusion", domain=domain, image=image, source=source, target=target, strength=strength,
+        threshold=threshold, seed=seed, align=align, steps=int(steps),
+    )  # fmt: skip
 
 
 @user_errors
