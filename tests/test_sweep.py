@@ -128,3 +128,14 @@ def test_a_diffusion_sweep_is_its_edit_at_each_strength():
     assert np.abs(pixels(sweep.frames[0]) - pixels(edit.source_image)).max() <= 1
     assert np.abs(pixels(sweep.frames[1]) - pixels(edit.edited_images[0])).max() <= 1
     assert np.abs(pixels(sweep.frames[2]) - pixels(sweep.frames[0])).mean() > 1.0
+
+
+def test_a_redraw_times_its_own_decode_not_the_wait_since_the_plan(editor):
+    import time
+
+    plan = editor.plan(codes=editor.sample(6), targets="face with bangs", refine_steps=0)
+    laps = dict(plan.clock.timings)
+    time.sleep(0.5)  # the page sat idle before the slider moved
+    again = editor.decode_plan(plan, strength=1.2)
+    assert again.timings["decode"] < 0.5
+    assert plan.clock.timings == laps  # the kept plan's clock is not moved by a redraw

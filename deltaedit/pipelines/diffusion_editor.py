@@ -24,9 +24,11 @@ from ..nn.stylespace import decode_s
 from .diffusion import DiffusionBackbone, Inversion, inference_dtype
 from .gan import (
     STRENGTH_RANGE,
+    EditPlan,
     EditResult,
     GanEditor,
     SourceCodes,
+    StageClock,
     SweepResult,
     check_number,
     check_whole_number,
@@ -38,18 +40,10 @@ STEPS_RANGE = (1, 1000)
 
 
 @dataclass
-class DiffusionPlan:
-    """A DeltaEdit-D edit up to its decoding (`DiffusionEditor.plan`): decodes at any strength from
-    the kept inversion."""
+class DiffusionPlan(EditPlan):
+    """A DeltaEdit-D edit up to its decoding (`DiffusionEditor.plan`): DeltaEdit-G's plan of it
+    plus the kept inversion, so it decodes at any strength with one DDIM decoding pass."""
 
-    codes: SourceCodes
-    targets: list[str]
-    source_text: str
-    strength: float
-    threshold: float
-    delta_s: torch.Tensor  # [T, S] after relevance selection (and refinement), before strength
-    notices: list[str]
-    timings: dict[str, float]
     inversion: Inversion
     options: dict  # the residual rule and change mask of `DiffusionBackbone.decode_inversion`
     renders: torch.Tensor | None  # R of [s, s + strength·Δs]: the plan's own strength, one pass
@@ -129,8 +123,8 @@ class DiffusionEditor:
         """Everything of an edit but its decoding (arguments as `edit`): the source inverted once and
         each target's Δs. `decode_plan` decodes it at any strength with one DDIM decoding pass and
         no new text, mapper, encoder or inversion work (the app's live strength slider)."""
-        t0 = time.perf_counter()
         gan = self.gan
+        clock = StageClock(gan.device if gan.sync_timings else None)
         targets, source_text, strength, threshold = gan.resolve_request(
             targets, source, strength, threshold, backbone="diffusion",
             by_example=example is not None or reference is not None,
@@ -141,16 +135,14 @@ class DiffusionEditor:
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)
-        timings = {"encode": time.perf_counter() - t0}
-        t = time.perf_counter()
+        clock.lap("encode")
         delta_t, targets, notices = gan.request_deltas(codes, targets, source_text, example, reference, align)
         delta_s = gan.style_deltas(codes, delta_t, threshold)
         # The same (optionally refined) Δs as DeltaEdit-G would apply.
         delta_s = gan.refined_style_deltas(
             codes, delta_t, delta_s, strength, refine_steps, backbone="diffusion"
         )
-        timings["mapper"] = time.perf_counter() - t
-        t = time.perf_counter()
+        clock.lap("mapper")
         x0 = self._input_image(codes)
         if depth is None:
             depth = float(self.config.extra.get("diffusion_depth", 1.0))
@@ -162,10 +154,10 @@ class DiffusionEditor:
         inversion = self.backbone.invert_source(
             x0, codes.s, steps, render=None if renders is None else renders[:1], depth=depth
         )
-        timings["inversion"] = time.perf_counter() - t
+        clock.lap("inversion")
         return DiffusionPlan(
             codes, targets, source_text, strength, threshold, delta_s, codes.notices + notices,
-            timings, inversion, options, renders,
+            clock, inversion, options, renders,
         )  # fmt: skip
 
     def _output_rule(self, residual, change_threshold) -> dict:
@@ -202,10 +194,8 @@ class DiffusionEditor:
             else:
                 render = torch.cat([plan.inversion.render_source, self.render_styles(codes, s_edit)])
         out = self.backbone.decode_inversion(plan.inversion, delta_s, strength, render=render, **plan.options)
-        timings = dict(plan.timings)
-        timings["decoding"] = time.perf_counter() - t0
+        timings = plan.clock.since("decoding", t0)
         timings["diffusion"] = timings["inversion"] + timings["decoding"]
-        timings["total"] = sum(timings[k] for k in ("encode", "mapper", "diffusion"))
         return make_result(
             codes, out.reconstruction, out.edits, targets, plan.source_text, strength, plan.threshold,
             s_edit, delta_s, plan.notices, timings, input_tensor=plan.inversion.image,

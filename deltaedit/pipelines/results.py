@@ -142,3 +142,12 @@ class StageClock:
         self.timings[stage] = now - self._last
         self.timings["total"] = now - self._start
         self._last = now
+
+    def since(self, stage: str, t0: float) -> dict[str, float]:
+        """The laps so far plus `stage`, timed from `t0`, with the total grown by it. For a kept
+        plan's later step (a redraw): the clock itself is left as it is, so redraws neither share
+        it nor count the time the plan sat waiting."""
+        if self._sync:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        return {**self.timings, stage: elapsed, "total": self.timings.get("total", 0.0) + elapsed}
