@@ -10,7 +10,6 @@ from pathlib import Path
 from .outputs import OUTPUTS
 
 log = logging.getLogger(__name__)
-DEVICE = "cuda" if __import__("torch").cuda.is_available() else "cpu"
 # A report computed offline (`python -m deltaedit analyze --domain toy --out assets/deltaspace`).
 CACHED_REPORT_DIR = Path(__file__).resolve().parents[1] / "assets" / "deltaspace"
 
@@ -18,7 +17,7 @@ _REPORT_LOCK = threading.Lock()
 _REPORT: dict | None = None
 
 
-def deltaspace_report(count: int = 64, tsne_iter: int = 300) -> dict:
+def deltaspace_report(device: str, count: int = 64, tsne_iter: int = 300) -> dict:
     """The toy domain's DeltaSpace alignment report: {'table', 'report', 'pictures'}.
 
     Read from `assets/deltaspace/report.json` when it exists (`python -m deltaedit analyze --domain
@@ -29,7 +28,7 @@ def deltaspace_report(count: int = 64, tsne_iter: int = 300) -> dict:
     global _REPORT
     with _REPORT_LOCK:
         if _REPORT is None:
-            _REPORT = _load_cached_report() or _compute_report(count, tsne_iter)
+            _REPORT = _load_cached_report() or _compute_report(device, count, tsne_iter)
         return _REPORT
 
 
@@ -53,10 +52,10 @@ def _load_cached_report() -> dict | None:
         return None
 
 
-def _compute_report(count: int, tsne_iter: int) -> dict:
+def _compute_report(device: str, count: int, tsne_iter: int) -> dict:
     from . import analysis
 
-    image, text = analysis.toy_features(count, render_seed=0, device=DEVICE)
+    image, text = analysis.toy_features(count, render_seed=0, device=device)
     report = analysis.alignment_report(image, text, seed=0)
     delta = analysis.pair_deltas(image, text, seed=0)
     out = OUTPUTS.path / "deltaspace"

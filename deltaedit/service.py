@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from . import deltaspace_report as _deltaspace
 from . import vocabulary
 from .api import load_editor
 from .config import load_domain_config
-from .deltaspace_report import CACHED_REPORT_DIR, deltaspace_report  # noqa: F401 - the page's names
+from .deltaspace_report import CACHED_REPORT_DIR  # noqa: F401 - the page's names
 from .domain_info import (  # noqa: F401 - the page's names
     BACKBONE_NAMES,
     EXAMPLES,
@@ -442,3 +443,6 @@ def compare(
     return CompareView(shown, gan, diffusion, "\n\n".join(lines))
 
 
+def deltaspace_report(count: int = 64, tsne_iter: int = 300) -> dict:
+    """The toy domain's DeltaSpace report (`deltaedit.deltaspace_report`), computed on `DEVICE`."""
+    return _deltaspace.deltaspace_report(DEVICE, count, tsne_iter)
