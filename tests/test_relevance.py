@@ -161,8 +161,9 @@ def captured_codes(monkeypatch):
 def test_cli_relevance_toy_perturbs_encoded_renders(captured_codes, tmp_path, capsys):
     """The toy generator has no z prior: fs3 samples must be encoded renders, not z draws."""
     from deltaedit import cli, models
+    from deltaedit.toy.dataset import render_dataset
     from deltaedit.toy.render import images_to_tensor
-    from deltaedit.toy.train import FS3_CODES, render_dataset
+    from deltaedit.toy.stages.relevance import FS3_CODES
 
     argv = ["relevance", "--domain", "toy", "--out", str(tmp_path / "fs3.npy"), "--device", "cpu"]
     assert cli.main(argv + ["--seed", "2", "--estimate", "1"]) == 0

@@ -16,6 +16,10 @@ from deltaedit import cli, models
 from deltaedit.domain import Domain
 from deltaedit.pipelines.gan import GanEditor
 from deltaedit.toy import train as toy_train
+from deltaedit.toy.dataset import render_dataset
+from deltaedit.toy.stages import autoencoder as autoencoder_stage
+from deltaedit.toy.stages import clip as clip_stage
+from deltaedit.toy.stages.diffusion import DIFFUSION_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets" / "toy"
@@ -40,7 +44,7 @@ def _fresh_models():
 
 
 def _fixed_batch(n: int = 16):
-    images, attrs = toy_train.render_dataset(n, seed=5, workers=1)
+    images, attrs = render_dataset(n, seed=5, workers=1)
     return images, attrs
 
 
@@ -52,7 +56,7 @@ def test_clip_trainer_lowers_the_contrastive_loss_on_a_fixed_batch():
     def fixed_caption(attributes, rng):  # one caption per face, the same at every step
         return caption(attributes, np.random.default_rng(1))
 
-    _, _, losses = toy_train.train_clip(
+    _, _, losses = clip_stage.train_clip(
         images,
         attrs,
         steps=20,
@@ -86,7 +90,7 @@ def test_clip_training_text_wraps_captions_in_the_prompt_templates(monkeypatch):
 
     monkeypatch.setattr(clip_module, "build_tokenizer", recording_tokenizer)
     images, attrs = _fixed_batch(16)
-    toy_train.train_clip(images, attrs, steps=2, batch=16, seed=0, progress=False, template_rate=1.0)
+    clip_stage.train_clip(images, attrs, steps=2, batch=16, seed=0, progress=False, template_rate=1.0)
     prefixes = {t.split("{}")[0] for t in TEMPLATES}
     assert len(seen) == 32
     assert all(any(text.startswith(p) for p in prefixes if p) or text.endswith(".") for text in seen)
@@ -95,13 +99,13 @@ def test_clip_training_text_wraps_captions_in_the_prompt_templates(monkeypatch):
 
 def test_autoencoder_trainer_lowers_the_reconstruction_loss_on_a_fixed_batch():
     images, _ = _fixed_batch(8)
-    _, _, _, losses = toy_train.train_autoencoder(images, steps=12, batch=8, seed=0, progress=False)
+    _, _, _, losses = autoencoder_stage.train_autoencoder(images, steps=12, batch=8, seed=0, progress=False)
     assert np.mean(losses[-3:]) < 0.7 * losses[0]
 
 
 def test_render_dataset_does_not_depend_on_the_number_of_workers():
-    a, attrs_a = toy_train.render_dataset(6, seed=3, workers=1)
-    b, attrs_b = toy_train.render_dataset(6, seed=3, workers=2)
+    a, attrs_a = render_dataset(6, seed=3, workers=1)
+    b, attrs_b = render_dataset(6, seed=3, workers=2)
     assert np.array_equal(a, b) and attrs_a == attrs_b
 
 
@@ -128,7 +132,7 @@ def test_clip_and_autoencoder_stages_in_one_process_or_two(tmp_path, parallel):
     summary = toy_train.train_toy(
         tmp_path, seed=1, budget=budget, progress=False, stages=("clip", "autoencoder"), parallel=parallel
     )
-    for name in ("clip.safetensors", *toy_train.AE_FILES):
+    for name in ("clip.safetensors", *autoencoder_stage.AE_FILES):
         assert (tmp_path / name).is_file(), name
     assert {"clip", "autoencoder"} <= set(summary["timings"])
     assert len(summary["clip_loss"]) == 2 and len(summary["ae_loss"]) == 2
@@ -140,18 +144,20 @@ def test_autoencoder_stage_needs_the_clip_and_resumes_from_its_pixel_phase(tmp_p
     budget = dataclasses.replace(toy_train.SMOKE, n_images=32)
     with pytest.raises(InputError, match="clip stage"):
         toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("autoencoder",))
-    pixel_phase = tmp_path / toy_train.AE_PIXEL_PHASE
-    assert all((pixel_phase / name).is_file() for name in toy_train.AE_FILES)  # kept for the rerun
-    assert not any((tmp_path / name).exists() for name in toy_train.AE_FILES)  # nothing half-done shipped
+    pixel_phase = tmp_path / autoencoder_stage.AE_PIXEL_PHASE
+    assert all((pixel_phase / name).is_file() for name in autoencoder_stage.AE_FILES)  # kept for the rerun
+    assert not any(
+        (tmp_path / name).exists() for name in autoencoder_stage.AE_FILES
+    )  # nothing half-done shipped
 
     toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("clip",))
 
     def no_retraining(*args, **kwargs):
         raise AssertionError("the pixel phase was already done")
 
-    monkeypatch.setattr(toy_train, "train_autoencoder", no_retraining)
+    monkeypatch.setattr(autoencoder_stage, "train_autoencoder", no_retraining)
     summary = toy_train.train_toy(tmp_path, seed=1, budget=budget, progress=False, stages=("autoencoder",))
-    assert all((tmp_path / name).is_file() for name in toy_train.AE_FILES)
+    assert all((tmp_path / name).is_file() for name in autoencoder_stage.AE_FILES)
     assert not pixel_phase.exists()
     assert summary["ae_clip_loss"]["columns"] == ["pixel", "clip"]
     assert "autoencoder_clip" in summary["timings"]
@@ -178,7 +184,7 @@ def test_clip_feature_phase_trains_the_autoencoder_through_the_frozen_clip():
         G = Generator.from_config(cfg.generator)
         encoder = Encoder4Editing.from_config(cfg.encoder, n_latent=G.n_latent, style_dim=G.style_dim)
         latent_avg = torch.zeros(G.n_latent, G.style_dim)
-        G, _, _, losses = toy_train.sharpen_autoencoder(
+        G, _, _, losses = autoencoder_stage.sharpen_autoencoder(
             G,
             encoder,
             latent_avg,
@@ -288,6 +294,7 @@ def test_eval_prints_per_prompt_scores_and_the_summary_line(capsys, monkeypatch,
     assert [p.name for p in sheets] == ["face000.png", "face001.png"]
     width, height = Image.open(sheets[0]).size
     assert height == 5 * 128 and width % 128 == 0 and width > 128  # truth, backbone, baseline, G, mask only
+
 
 def test_eval_scorer_needs_the_asked_values_and_every_other_attribute_unchanged():
     """`_score` on hand-made classifier readings: success needs every asked value, preservation
@@ -503,7 +510,7 @@ def test_style_scale_normalisation_keeps_the_pictures_and_sets_mean_abs_style_to
     with torch.no_grad():
         w = encoder(x) + latent_avg[None]
         before = G.synthesis(w)
-        scales = toy_train.normalise_style_scale(G, encoder, latent_avg, x)
+        scales = autoencoder_stage.normalise_style_scale(G, encoder, latent_avg, x)
         after = G.synthesis(w)
         styles = w_plus_to_s(G, w)
     assert max(scales) > 2
@@ -539,7 +546,7 @@ def test_toy_generator_colour_goes_through_the_editable_conv_styles():
 
 def test_autoencoder_training_keeps_the_toy_torgb_styles_constant():
     images, _ = _fixed_batch(8)
-    G, _, _, _ = toy_train.train_autoencoder(images, steps=3, batch=8, seed=0, progress=False)
+    G, _, _, _ = autoencoder_stage.train_autoencoder(images, steps=3, batch=8, seed=0, progress=False)
     for to_rgb in (G.to_rgb1, *G.to_rgbs):
         assert torch.count_nonzero(to_rgb.conv.modulation.weight) == 0
 
@@ -547,18 +554,18 @@ def test_autoencoder_training_keeps_the_toy_torgb_styles_constant():
 def test_caption_labels_name_exactly_what_the_caption_says():
     from deltaedit.toy.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 
-    labels = dict(zip(ATTRIBUTE_NAMES, toy_train.caption_labels("chubby face with red hair and a smile")))
+    labels = dict(zip(ATTRIBUTE_NAMES, clip_stage.caption_labels("chubby face with red hair and a smile")))
     assert labels["face_width"] == ATTRIBUTES["face_width"].index("chubby")
     assert labels["hair_color"] == ATTRIBUTES["hair_color"].index("red")
     assert labels["smile"] == ATTRIBUTES["smile"].index("yes")
     assert all(v == -1 for k, v in labels.items() if k not in {"face_width", "hair_color", "smile"})
-    assert (toy_train.caption_labels("face") == -1).all()
-    assert (toy_train.caption_labels("a photo of a dragon") == -1).all()  # outside the vocabulary
+    assert (clip_stage.caption_labels("face") == -1).all()
+    assert (clip_stage.caption_labels("a photo of a dragon") == -1).all()  # outside the vocabulary
 
 
 def test_attribute_probe_skips_unknown_labels_and_weighs_by_how_many_are_known():
     torch.manual_seed(0)
-    probe = toy_train.AttributeProbe(8)
+    probe = clip_stage.AttributeProbe(8)
     emb = torch.randn(4, 8)
     labels = torch.full((4, len(probe.heads)), -1)
     assert float(probe.loss(emb, labels)) == 0.0
@@ -569,15 +576,15 @@ def test_attribute_probe_skips_unknown_labels_and_weighs_by_how_many_are_known()
 
 def test_clip_training_probes_image_attributes_and_the_attributes_captions_name(monkeypatch):
     seen = []
-    original = toy_train.AttributeProbe.loss
+    original = clip_stage.AttributeProbe.loss
 
     def recording_loss(self, embeddings, labels):
         seen.append(labels.clone())
         return original(self, embeddings, labels)
 
-    monkeypatch.setattr(toy_train.AttributeProbe, "loss", recording_loss)
+    monkeypatch.setattr(clip_stage.AttributeProbe, "loss", recording_loss)
     images, attrs = _fixed_batch(16)
-    toy_train.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False)
+    clip_stage.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False)
     image_labels, text_labels = seen
     vectors = {tuple(a.to_vector()) for a in attrs}
     assert all(tuple(row.tolist()) in vectors for row in image_labels)  # every attribute, every image
@@ -585,7 +592,7 @@ def test_clip_training_probes_image_attributes_and_the_attributes_captions_name(
     # A caption's known labels agree with its image (captions never lie).
     assert ((text_labels == -1) | (text_labels == image_labels)).all()
     seen.clear()
-    toy_train.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False, probe_weight=0)
+    clip_stage.train_clip(images, attrs, steps=1, batch=16, seed=0, progress=False, probe_weight=0)
     assert not seen
 
 
@@ -693,7 +700,8 @@ def test_shipped_diffusion_model_on_a_gpu_agrees_with_the_cpu():
 def test_shipped_relevance_matrix_is_reproduced_by_our_code():
     """fs3.npy comes from `relevance` (encoded renders, seed 0, 8 samples): recompute 12 rows."""
     from deltaedit.relevance import compute_fs3, load_fs3
-    from deltaedit.toy.train import FS3_CODES, encoded_renders
+    from deltaedit.toy.dataset import encoded_renders
+    from deltaedit.toy.stages.relevance import FS3_CODES
 
     G = models.load_generator(Domain.open("toy"), "cpu")
     encoder, latent_avg = models.load_encoder(Domain.open("toy"), "cpu")
@@ -718,7 +726,7 @@ def test_diffusion_stage_pauses_at_its_time_limit_and_the_same_command_continues
     for name in SHIPPED:
         if (ASSETS / name).is_file():
             shutil.copy(ASSETS / name, tmp_path / name)
-    run_dir = tmp_path / toy_train.DIFFUSION_RUN
+    run_dir = tmp_path / DIFFUSION_RUN
     argv = ["toy", "train", "--budget", "smoke", "--stages", "diffusion", "--out", str(tmp_path)]
     assert main([*argv, "--time-limit", "0"]) == EXIT_PAUSED  # smoke: 2 steps, paused after 1
     assert "stopped at step 1 of 2" in capsys.readouterr().err

@@ -273,7 +273,7 @@ def test_cli_make_codes_end_to_end(tmp_path, monkeypatch):
 
 def test_cli_make_codes_toy_encodes_renders(tmp_path):
     """The toy generator has no z prior: `--n` codes are seeded renders through the toy encoder."""
-    from deltaedit.toy.train import render_dataset
+    from deltaedit.toy.dataset import render_dataset
 
     out = tmp_path / "codes"
     argv = ["make-codes", "--domain", "toy", "--n", "6", "--out", str(out), "--batch-size", "4"]

@@ -79,7 +79,7 @@ def run(args) -> int:
     images = args.images
     if images is None and cfg.samples_by_rendering:
         # A decoder-only generator (the toy domain) has no z prior: encode seeded renders instead.
-        from ..toy.train import rendered_batches
+        from ..toy.dataset import rendered_batches
 
         images = rendered_batches(args.n, args.seed)
     if images is not None:

@@ -98,7 +98,8 @@ def domain_codes(args, G, device, domain):
             )
         return w_plus.to(device)
     if domain.config.samples_by_rendering:
-        from ..toy.train import FS3_CODES, encoded_renders
+        from ..toy.dataset import encoded_renders
+        from ..toy.stages.relevance import FS3_CODES
 
         encoder, latent_avg = models.load_encoder(domain, device)
         return encoded_renders(encoder, latent_avg, FS3_CODES, args.seed, device)
