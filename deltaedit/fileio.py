@@ -29,6 +29,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _sibling(path, path.stem, path.suffix)
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create their file 0600: give it a plain write's mode
+            os.chmod(tmp, _plain_file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -79,3 +81,17 @@ def _sibling(path: Path, stem: str, suffix: str) -> Path:
     the PNGs).
     """
     return path.with_name(f".{stem}-{uuid.uuid4().hex[:12]}{suffix}")
+
+
+def _plain_file_mode() -> int:
+    """The mode open(path, "w") gives a new file: 0o666 less the process umask (read from /proc
+    where it can be, so that no other thread ever runs under a changed umask)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask

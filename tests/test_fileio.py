@@ -43,6 +43,14 @@ def test_written_files_and_folders_get_the_permissions_of_a_plain_write(tmp_path
     assert (tmp_path / "folder").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
+def test_weights_written_through_safetensors_get_the_permissions_of_a_plain_write(tmp_path):
+    """safetensors creates its file 0600; the weights folder is shared and the Space serves files."""
+    (tmp_path / "plain.txt").write_text("x")
+    with atomic_write(tmp_path / "weights.safetensors") as tmp:
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp))
+    assert (tmp_path / "weights.safetensors").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
 def test_write_json_round_trips(tmp_path):
     path = write_json(tmp_path / "meta.json", {"n": 3})
     assert json.loads(path.read_text()) == {"n": 3}
