@@ -299,7 +299,7 @@ class _DiffusionRun:
 
     @classmethod
     def create(
-        cls, model, lr: float, lr_schedule: str, warmup_steps: int, steps: int, ema_decay: float, checkpoint: Path
+        cls, model, lr, lr_schedule: str, warmup_steps: int, steps: int, ema_decay: float, checkpoint: Path
     ) -> _DiffusionRun:
         """A fresh run of `model`: AdamW, its learning-rate schedule (over `steps`) and the EMA weights."""
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-6)
