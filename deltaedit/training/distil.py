@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,20 +29,16 @@ from .loop import Every, Processes, TrainingLoop
 from .mapper import (
     _SPLIT_KEYS,
     LossHistory,
-    PairSampler,
     TrainResult,
     check_mapper_output,
-    check_pairing,
     cpu_state,
     load_mapper_weights,
     load_training_state,
-    neighbour_table,
-    pair_sampler,
     save_mapper_weights,
-    split_indices,
     state_path_for,
     state_saver,
 )
+from .pairs import PairSampler, check_pairing, neighbour_table, pair_sampler, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +200,55 @@ def _resume_distillation(resume, mapper, reference, optimizer, settings: dict) -
     return int(state["step"]), LossHistory.from_state(state)
 
 
+def _check_distillation(
+    out, steps, batch_size, strength, threshold, anchor, neighbours, min_distance, random_fraction
+) -> None:
+    check_mapper_output(out, steps, batch_size)
+    if strength <= 0 or threshold < 0 or anchor < 0:
+        raise InputError(
+            f"distillation needs strength > 0, threshold >= 0 and anchor >= 0 (got {strength}, {threshold}, {anchor})"
+        )
+    check_pairing(neighbours, min_distance, random_fraction)
+
+
+def _distil_step(
+    mapper, reference, models, codes, sampler, optimizer, history, last, anchor, loss_kwargs, procs
+) -> Callable[[int], None]:
+    """`train_step(step)`: the refinement loss (plus the anchor) of the pairs of `step`, back-propagated
+    into the mapper only; the refinement loss goes to `history`, the anchor loss to `last`."""
+    w, s, c = codes
+    params = [p for p in mapper.parameters() if p.requires_grad]
+
+    def train_step(step: int) -> None:
+        i, j = (torch.from_numpy(x) for x in sampler.batch(step))
+        on = procs.device
+        loss, refine, last["anchor"] = distil_batch(
+            mapper, reference, models, w[i].to(on), s[i].to(on), c[i].to(on), c[j].to(on), anchor=anchor, **loss_kwargs
+        )
+        grads = torch.autograd.grad(loss, params)  # the generator's and CLIP's weights stay untouched
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer.step()
+        history.train.append(float(refine))
+
+    return train_step
+
+
+def _distil_validator(
+    mapper, models, codes, fixed_val, history, device, loss_kwargs
+) -> Callable[[int], None]:
+    """`validate(step)`: the validation refinement loss on the fixed pairs, once per step, into `history`."""
+    w, s, c = codes
+
+    def validate(step: int) -> None:
+        if fixed_val is not None and not any(v[0] == step for v in history.val):
+            value = distil_validation(mapper, None, models, w, s, c, fixed_val, 64, device, **loss_kwargs)
+            history.val.append((step, value))
+            log.info("distillation step %d: validation refinement loss %.4f", step, value)
+
+    return validate
+
+
 def distil_mapper(
     codes,
     models: DistilModels,
@@ -237,12 +283,9 @@ def distil_mapper(
     the first at step 0 (the starting mapper). `resume`: this function's training state.
     """
     out = Path(out)
-    check_mapper_output(out, steps, batch_size)
-    if strength <= 0 or threshold < 0 or anchor < 0:
-        raise InputError(
-            f"distillation needs strength > 0, threshold >= 0 and anchor >= 0 (got {strength}, {threshold}, {anchor})"
-        )
-    check_pairing(neighbours, min_distance, random_fraction)
+    _check_distillation(
+        out, steps, batch_size, strength, threshold, anchor, neighbours, min_distance, random_fraction
+    )
     procs = Processes.of(None, device)
     w, s, c = _as_code_arrays(codes)
     if isinstance(init, (str, os.PathLike)):
@@ -266,27 +309,12 @@ def distil_mapper(
     state_path = state_path_for(out)
     save = state_saver(state_path, {"model": mapper, "reference": reference}, optimizer, settings, history)
     loop = TrainingLoop(steps, procs, save, save_every=save_every, progress=progress, desc="distil")
-    params = [p for p in mapper.parameters() if p.requires_grad]
     loss_kwargs = dict(strength=strength, threshold=threshold, push=push)
     last: dict[str, torch.Tensor] = {}
-
-    def train_step(step: int) -> None:
-        i, j = (torch.from_numpy(x) for x in sampler.batch(step))
-        on = procs.device
-        loss, refine, last["anchor"] = distil_batch(
-            mapper, reference, models, w[i].to(on), s[i].to(on), c[i].to(on), c[j].to(on), anchor=anchor, **loss_kwargs
-        )
-        grads = torch.autograd.grad(loss, params)  # the generator's and CLIP's weights stay untouched
-        for p, g in zip(params, grads):
-            p.grad = g
-        optimizer.step()
-        history.train.append(float(refine))
-
-    def validate(step: int) -> None:
-        if fixed_val is not None and not any(v[0] == step for v in history.val):
-            value = distil_validation(mapper, None, models, w, s, c, fixed_val, 64, procs.device, **loss_kwargs)
-            history.val.append((step, value))
-            log.info("distillation step %d: validation refinement loss %.4f", step, value)
+    train_step = _distil_step(
+        mapper, reference, models, (w, s, c), sampler, optimizer, history, last, anchor, loss_kwargs, procs
+    )
+    validate = _distil_validator(mapper, models, (w, s, c), fixed_val, history, procs.device, loss_kwargs)
 
     def log_line(done: int) -> None:
         recent = np.mean(history.train[-log_every:])

@@ -7,9 +7,8 @@ L2-normalised first (the delta's norm clamped at 1e-5); the target is Δs = s_j 
 by lr_mul 0.01), batch 64. We add a seeded held-out split for a validation loss (pairs never cross
 the split) and resumable training state.
 
-Batches are a pure function of (seed, step): step k takes positions k*B .. k*B+B-1 of an endless
-stream of seeded per-epoch permutations, and partners come from a generator seeded with
-(seed, step). A resumed run therefore sees exactly the batches an uninterrupted one would.
+Batches are a pure function of (seed, step) (`training.pairs`): a resumed run sees exactly the
+batches an uninterrupted one would.
 
 Weights: a `.pth` output is a plain `torch.save(state_dict)`, the `net_face.pth` format the
 official code loads; a `.safetensors` output gets a JSON sidecar (same stem) with the style layout
@@ -22,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,14 @@ from ..fileio import atomic_write, write_json
 from ..nn.mapper import DeltaMapper
 from ..nn.stylespace import StyleLayout
 from .loop import Every, Processes, TrainingLoop
+from .pairs import (  # noqa: F401 (the pairs' names stay importable from here)
+    PairSampler,
+    check_pairing,
+    neighbour_table,
+    pair_sampler,
+    split_indices,
+    validation_pairs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,91 +81,6 @@ def mapper_loss(
 
 
 # ---- data ---------------------------------------------------------------------------------------
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (train, validation) code indices from a permutation seeded by `seed`."""
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n >= 4:
-        n_val = max(n_val, 2)  # a pair needs two codes
-    if n - n_val < 2:
-        raise InputError(f"{n} codes leave fewer than 2 for training; make more codes or lower val_fraction")
-    order = np.random.default_rng([seed, 0]).permutation(n)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-class PairSampler:
-    """Index pairs (i, partner) for step k, a pure function of (seed, k): resumable exactly.
-
-    With a `neighbours` table [n, K] (positions into `indices`, see `neighbour_table`) each pair
-    takes one of i's K nearest partners, except a `random_fraction` of them that keep the authors'
-    uniformly random partner.
-    """
-
-    def __init__(
-        self,
-        indices: np.ndarray,
-        batch_size: int,
-        seed: int,
-        neighbours: np.ndarray | None = None,
-        random_fraction: float = 1.0,
-    ):
-        self.indices = np.asarray(indices)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.neighbours = neighbours
-        self.random_fraction = random_fraction
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.indices))
-        return self._perms[epoch]
-
-    def batch(self, step: int, slot: int = 0, slots: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Batch `slot` of `slots` (one per process) at `step`."""
-        n = len(self.indices)
-        positions = (step * slots + slot) * self.batch_size + np.arange(self.batch_size)
-        first = np.array([self._perm(int(p // n))[p % n] for p in positions])
-        partner = np.random.default_rng([self.seed, 2, step, slot]).integers(0, n, self.batch_size)
-        if self.neighbours is not None:
-            rng = np.random.default_rng([self.seed, 4, step, slot])
-            near = self.neighbours[first, rng.integers(0, self.neighbours.shape[1], self.batch_size)]
-            partner = np.where(rng.random(self.batch_size) < self.random_fraction, partner, near)
-        return self.indices[first], self.indices[partner]
-
-
-def neighbour_table(features: torch.Tensor, k: int, min_distance: float, chunk: int = 1024) -> np.ndarray:
-    """[n, k] positions of each row's k nearest rows among unit `features` [n, D], skipping itself
-    and rows closer than `min_distance` (the same image content up to jitter: a delta of noise)."""
-    if not 1 <= k < len(features):
-        raise InputError(f"neighbours must be between 1 and {len(features) - 1}, got {k}")
-    x = features.float()
-    x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    rows = []
-    for start in range(0, len(x), chunk):
-        distance = torch.cdist(x[start : start + chunk], x)
-        distance[distance < min_distance] = float("inf")
-        distance[torch.arange(len(distance)), torch.arange(start, start + len(distance))] = float("inf")
-        rows.append(distance.topk(k, largest=False).indices)
-    return torch.cat(rows).numpy()
-
-
-def pair_sampler(
-    c: torch.Tensor, indices: np.ndarray, batch_size: int, seed: int, neighbours: int, min_distance, random_fraction
-) -> PairSampler:
-    """The training pairs of `indices`: random partners, or nearest ones when `neighbours` > 0."""
-    table = neighbour_table(c[torch.from_numpy(indices)], neighbours, min_distance) if neighbours else None
-    return PairSampler(indices, batch_size, seed, table, random_fraction if neighbours else 1.0)
-
-
-def validation_pairs(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed (i, partner) pairs inside the validation split, each code once as i."""
-    partner = np.random.default_rng([seed, 3]).integers(0, len(indices), len(indices))
-    return indices, indices[partner]
 
 
 def _batch_tensors(
@@ -330,14 +253,6 @@ def check_mapper_output(out: Path, steps: int, batch_size: int) -> None:
         raise InputError(f"steps must be >= 0 and batch size >= 1 (got {steps}, {batch_size})")
 
 
-def check_pairing(neighbours: int, min_distance: float, random_fraction: float) -> None:
-    if neighbours < 0 or min_distance < 0 or not 0 <= random_fraction <= 1:
-        raise InputError(
-            "neighbours and min_distance must be >= 0 and random_fraction between 0 and 1"
-            f" (got {neighbours}, {min_distance}, {random_fraction})"
-        )
-
-
 @torch.no_grad()
 def validation_loss(mapper, s, c, pairs, batch_size: int, device, l2_lambda=1.0, cos_lambda=1.0) -> float:
     was_training = mapper.training
@@ -367,6 +282,45 @@ def _checked_codes(codes, layout: StyleLayout, clip_dim: int) -> tuple[torch.Ten
     return s, c
 
 
+def _mapper_settings(
+    s, seed, val_fraction, batch_size, delta_noise, neighbours, min_distance, random_fraction
+) -> dict:
+    """The settings a mapper run's state keeps (those of `_SPLIT_KEYS` must not change on resume)."""
+    return {
+        "n": int(s.shape[0]),
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "batch_size": int(batch_size),
+        "delta_noise": float(delta_noise),
+        "neighbours": int(neighbours),
+        "min_distance": float(min_distance),
+        "random_fraction": float(random_fraction),
+    }
+
+
+def _mapper_step(
+    mapper, optimizer, procs, sampler, s, c, history, last, seed, delta_noise, l2_lambda, cos_lambda
+) -> Callable[[int], None]:
+    """`train_step(step)`: one optimiser step on this process's pairs of `step` (with `delta_noise`,
+    noise seeded by (seed, step, process)); its loss goes to `history`, its MSE and cosine parts to
+    `last` (for the log line)."""
+
+    def train_step(step: int) -> None:
+        first, partner = sampler.batch(step, procs.rank, procs.world)
+        noise_rng = (
+            torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + procs.rank) if delta_noise else None
+        )
+        s1, cond, target = _batch_tensors(s, c, first, partner, procs.device, delta_noise, noise_rng)
+        loss, l2, cos = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
+        last.update(l2=l2.detach(), cos=cos.detach())
+        optimizer.zero_grad(set_to_none=True)
+        procs.backward(loss)
+        optimizer.step()
+        history.pending.append(loss.detach())
+
+    return train_step
+
+
 def _resume_mapper(resume, mapper, optimizer, settings: dict) -> tuple[int, LossHistory]:
     """The step and losses a run resumes from; `resume` may also be bare weights (step 0)."""
     state = load_training_state(resume)
@@ -383,6 +337,18 @@ def _resume_mapper(resume, mapper, optimizer, settings: dict) -> tuple[int, Loss
         start, history = int(state["step"]), LossHistory.from_state(state)
     log.info("resumed from %s at step %d", resume, start)
     return start, history
+
+
+def _start_mapper(layout, clip_dim: int, lr: float, seed: int, resume, settings: dict):
+    """(mapper, its Adam optimizer, the step and losses so far): a fresh mapper, seeded (the same
+    initial weights for the same seed), or the state `resume` holds."""
+    torch.manual_seed(seed)
+    mapper = DeltaMapper(layout, clip_dim)
+    optimizer = torch.optim.Adam(mapper.parameters(), lr=lr)
+    start, history = 0, LossHistory()
+    if resume is not None:
+        start, history = _resume_mapper(resume, mapper, optimizer, settings)
+    return mapper, optimizer, start, history
 
 
 def train_mapper(
@@ -425,45 +391,22 @@ def train_mapper(
         raise InputError(f"delta_noise must be >= 0, got {delta_noise}")
     check_pairing(neighbours, min_distance, random_fraction)
     s, c = _checked_codes(codes, layout, clip_dim)
-    settings = {
-        "n": int(s.shape[0]),
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-        "batch_size": int(batch_size),
-        "delta_noise": float(delta_noise),
-        "neighbours": int(neighbours),
-        "min_distance": float(min_distance),
-        "random_fraction": float(random_fraction),
-    }
+    settings = _mapper_settings(
+        s, seed, val_fraction, batch_size, delta_noise, neighbours, min_distance, random_fraction
+    )
     train_idx, val_idx = split_indices(s.shape[0], val_fraction, seed)
     sampler = pair_sampler(c, train_idx, batch_size, seed, neighbours, min_distance, random_fraction)
     val_pairs = validation_pairs(val_idx, seed) if len(val_idx) else None
-
-    torch.manual_seed(seed)  # same initial weights for the same seed
-    mapper = DeltaMapper(layout, clip_dim)
-    optimizer = torch.optim.Adam(mapper.parameters(), lr=lr)
-    start, history = 0, LossHistory()
-    if resume is not None:
-        start, history = _resume_mapper(resume, mapper, optimizer, settings)
+    mapper, optimizer, start, history = _start_mapper(layout, clip_dim, lr, seed, resume, settings)
     procs = Processes.of(accelerator, device)
     mapper, optimizer = procs.prepare(mapper, optimizer)
     state_path = state_path_for(out)
     save = state_saver(state_path, {"model": procs.unwrap(mapper)}, optimizer, settings, history)
     loop = TrainingLoop(steps, procs, save, save_every=save_every, progress=progress, desc="mapper")
     last: dict[str, torch.Tensor] = {}
-
-    def train_step(step: int) -> None:
-        first, partner = sampler.batch(step, procs.rank, procs.world)
-        noise_rng = (
-            torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + procs.rank) if delta_noise else None
-        )
-        s1, cond, target = _batch_tensors(s, c, first, partner, procs.device, delta_noise, noise_rng)
-        loss, l2, cos = mapper_loss(mapper(s1, cond), target, l2_lambda, cos_lambda)
-        last.update(l2=l2.detach(), cos=cos.detach())
-        optimizer.zero_grad(set_to_none=True)
-        procs.backward(loss)
-        optimizer.step()
-        history.pending.append(loss.detach())
+    train_step = _mapper_step(
+        mapper, optimizer, procs, sampler, s, c, history, last, seed, delta_noise, l2_lambda, cos_lambda
+    )
 
     def log_line(done: int) -> None:
         history.flush()
