@@ -77,3 +77,19 @@ def test_the_library_never_imports_gradio():
             if any(n == "gradio" or n.startswith("gradio.") for n in names):
                 offenders.append(str(path.relative_to(LIBRARY)))
     assert offenders == []
+
+
+def test_rooms_stay_small():
+    """Issue 29's sizes: no library file over 500 lines and no function over 80 (signature included)."""
+    long_files, long_functions = [], []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(LIBRARY))
+        if len(text.splitlines()) > 500:
+            long_files.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long_functions.append(f"{name}: {node.name} {lines} lines")
+    assert long_files == [] and long_functions == []
