@@ -209,8 +209,8 @@ class DiffusionEditor:
         rendering-conditioned model, `residual` ("decode" or "shift"), `change_threshold` (a
         number, or a negative one for none) and `change_ramp` ((lo, hi)) are
         `DiffusionBackbone.edit`'s; None takes the domain's `extra.diffusion_residual` ("decode" if
-        unset) and its change rule (`change_rule`). `sweep` (see `DiffusionEditor.sweep`): the first target at these strengths
-        instead, one row each."""
+        unset) and its change rule (`change_rule`). `sweep` (see `DiffusionEditor.sweep`): the
+        first target at these strengths instead, one row each."""
         return self.decode_plan(self.plan(**request), sweep=sweep)
 
     @torch.no_grad()
