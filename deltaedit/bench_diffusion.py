@@ -35,7 +35,10 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
     extra = editor.config.extra
     if editor.backbone.render_channels:  # the rule the editor applies (DiffusionEditor.edit)
         design += f", {extra.get('diffusion_residual', 'decode')}"
-        if extra.get("diffusion_change_threshold") is not None:
+        if extra.get("diffusion_change_ramp") is not None:
+            lo, hi = extra["diffusion_change_ramp"]
+            design += f", change ramp {lo:g}-{hi:g}"
+        elif extra.get("diffusion_change_threshold") is not None:
             design += f", change mask {extra['diffusion_change_threshold']:g}"
     depth = float(extra.get("diffusion_depth", 1.0))
     if depth < 1:  # the chain the toy default runs: that fraction of the 50 steps each way

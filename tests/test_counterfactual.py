@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from deltaedit.toy.evaluate import EvalReport, counterfactual_psnrs, counterfactual_rows
+from deltaedit.pipelines.diffusion_editor import change_rule
+from deltaedit.toy.evaluate import EvalReport, _mask_rule, counterfactual_psnrs, counterfactual_rows
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -40,6 +41,51 @@ def test_mask_only_row_moves_the_input_only_where_the_rendering_changes():
     # A threshold above every change keeps the input everywhere; 0 moves every changed pixel.
     none = counterfactual_rows(x, render_source, render_edits, render_edits, mask_threshold=1.0)
     torch.testing.assert_close(none["mask_only"], x.expand(2, -1, -1, -1))
+
+
+def test_mask_only_row_with_a_ramp_blends_the_baseline_into_the_input():
+    """With the soft change mask: x + w·(R(s') − R(s)), w rising from 0 at lo to 1 at hi."""
+    x = _images(1, 0)
+    render_source = torch.zeros(1, 3, 8, 8)
+    render_edits = torch.zeros(3, 3, 8, 8)
+    render_edits[0, 0] = 0.05  # uniform changes 0.05, 0.3 and 0.6 (3x3 means equal to them)
+    render_edits[1, 0] = 0.3
+    render_edits[2, 0] = 0.6
+    out = counterfactual_rows(x, render_source, render_edits, render_edits, mask_ramp=(0.1, 0.5))["mask_only"]
+    torch.testing.assert_close(out[0], x[0], atol=0, rtol=0)
+    torch.testing.assert_close(out[1], (x[0] + 0.5 * render_edits[1]).clamp(-1, 1))
+    torch.testing.assert_close(out[2], (x[0] + render_edits[2]).clamp(-1, 1))
+    # A flat ramp is the hard mask at that threshold.
+    flat = counterfactual_rows(x, render_source, render_edits, render_edits, mask_ramp=(0.2, 0.2))
+    hard = counterfactual_rows(x, render_source, render_edits, render_edits, mask_threshold=0.2)
+    torch.testing.assert_close(flat["mask_only"], hard["mask_only"], atol=0, rtol=0)
+
+
+class _Config:
+    def __init__(self, extra):
+        self.extra = extra
+
+
+class _Editor:
+    def __init__(self, extra):
+        self.config = _Config(extra)
+
+
+def test_mask_only_row_follows_the_change_rule_deltaedit_d_applies():
+    """The mask-only row is always the shipped D rule without its UNet: the domain's ramp if it sets
+    one, else its threshold, else 0.2."""
+    assert _mask_rule(_Editor({"diffusion_change_threshold": 0.3})) == {"mask_threshold": 0.3}
+    ramp = {"diffusion_change_threshold": 0.2, "diffusion_change_ramp": [0.1, 0.5]}
+    assert _mask_rule(_Editor(ramp)) == {"mask_ramp": (0.1, 0.5)}
+    assert _mask_rule(_Editor({})) == {"mask_threshold": 0.2}
+    # The editor reads the same config the same way; what a caller asks for wins over it.
+    assert change_rule(ramp) == {"change_threshold": None, "change_ramp": (0.1, 0.5)}
+    assert change_rule(ramp, change_threshold=0.3) == {"change_threshold": 0.3, "change_ramp": None}
+    assert change_rule(ramp, change_threshold=-1) == {"change_threshold": None, "change_ramp": None}
+    assert change_rule({"diffusion_change_threshold": 0.2}, change_ramp=[0.1, 0.4]) == {
+        "change_threshold": None,
+        "change_ramp": (0.1, 0.4),
+    }
 
 
 def test_psnr_against_the_truth_is_exact_for_the_truth_and_known_for_an_offset():

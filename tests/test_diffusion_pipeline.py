@@ -13,6 +13,7 @@ from deltaedit.pipelines.diffusion import (
     DEFAULT_SCHEDULER_CONFIG,
     CudaGraphUNet,
     DiffusionBackbone,
+    change_weights,
     changed_pixels,
     ddim_invert,
     ddim_sample,
@@ -536,6 +537,79 @@ def test_unknown_residual_rules_and_bad_thresholds_are_refused(residual_backbone
         residual_backbone.edit(x0, s, deltas, steps=2, render=_linear_render, residual="invert")
     with pytest.raises(InputError, match="change_threshold"):
         residual_backbone.edit(x0, s, deltas, steps=2, render=_linear_render, change_threshold=-0.1)
+
+
+def test_change_weights_ramp_from_lo_to_hi_and_a_flat_ramp_is_the_threshold():
+    source = torch.zeros(1, 3, 12, 12)
+    renders = torch.zeros(4, 3, 12, 12)
+    for i, value in enumerate((0.05, 0.3, 0.6, 0.2)):
+        renders[i, 1] = value  # a uniform change: its 3x3 mean is the value everywhere
+    w = change_weights(source, renders, (0.1, 0.5))
+    assert w.shape == (4, 1, 12, 12) and w.dtype == torch.float32
+    torch.testing.assert_close(w[:, 0, 6, 6], torch.tensor([0.0, 0.5, 1.0, 0.25]))
+    flat = change_weights(source, renders, (0.2, 0.2))
+    torch.testing.assert_close(flat, changed_pixels(source, renders, 0.2).float(), atol=0, rtol=0)
+
+
+def test_change_ramp_keeps_the_input_below_lo_blends_between_and_is_the_hard_rule_above_hi(
+    residual_backbone, small_data
+):
+    x0, s, deltas = small_data
+
+    def render(styles):  # the left half changes by 0.6 (per channel), the right half by 0.3
+        out = _linear_render(s).expand(styles.shape[0], -1, -1, -1).clone()
+        sign = torch.sign(torch.tanh(styles - s)[:, :3]).view(-1, 3, 1, 1)
+        out[:, :, :, :8] += 0.6 * sign
+        out[:, :, :, 8:] += 0.3 * sign
+        return out
+
+    deltas = deltas.abs() + 0.5
+    kwargs = dict(strength=1.0, steps=10, render=render, depth=0.5, residual="shift")
+    free = residual_backbone.edit(x0, s, deltas, **kwargs)
+    hard = residual_backbone.edit(x0, s, deltas, change_threshold=0.2, **kwargs)
+    # Every change is above hi = 0.25: the ramp is the hard rule, which here moves every pixel.
+    high = residual_backbone.edit(x0, s, deltas, change_ramp=(0.1, 0.25), **kwargs)
+    torch.testing.assert_close(high.edits, hard.edits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(high.edits, free.edits, atol=1e-6, rtol=0)
+    # Every change is at most 0.6, under lo = 0.7: the input exactly, edits and reconstruction alike.
+    low = residual_backbone.edit(x0, s, deltas, change_ramp=(0.7, 1.0), **kwargs)
+    torch.testing.assert_close(low.edits, x0.expand_as(low.edits), atol=0, rtol=0)
+    torch.testing.assert_close(low.reconstruction, x0, atol=1e-6, rtol=0)
+    # Between: a ramp (0.2, 0.4) weighs the right half (change 0.3) by 0.5, the left by 1.
+    mid = residual_backbone.edit(x0, s, deltas, change_ramp=(0.2, 0.4), **kwargs)
+    want = x0 + 0.5 * (free.edits - x0)
+    torch.testing.assert_close(mid.edits[..., 10:], want[..., 10:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mid.edits[..., :6], free.edits[..., :6], atol=1e-6, rtol=0)
+    # The kept-plan path applies the same rule.
+    inversion = residual_backbone.invert_source(x0, s, 10, render=render(s), depth=0.5)
+    again = residual_backbone.decode_inversion(
+        inversion, deltas, render=render, residual="shift", change_ramp=(0.2, 0.4)
+    )
+    torch.testing.assert_close(again.edits, mid.edits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "ramp, match",
+    [
+        ((0.5, 0.1), "0 <= lo <= hi"),
+        ((-0.1, 0.5), "0 <= lo <= hi"),
+        ((0.1,), "pair"),
+        ("0.1,0.5", "pair"),
+        ((0.1, float("nan")), "0 <= lo <= hi"),
+    ],
+)
+def test_bad_change_ramps_are_refused(residual_backbone, small_data, ramp, match):
+    x0, s, deltas = small_data
+    with pytest.raises(InputError, match=match):
+        residual_backbone.edit(x0, s, deltas, steps=2, render=_linear_render, change_ramp=ramp)
+
+
+def test_a_threshold_and_a_ramp_together_are_refused(residual_backbone, small_data):
+    x0, s, deltas = small_data
+    with pytest.raises(InputError, match="not both"):
+        residual_backbone.edit(
+            x0, s, deltas, steps=2, render=_linear_render, change_threshold=0.2, change_ramp=(0.1, 0.5)
+        )
 
 
 def test_a_residual_scale_is_diffused_and_divided_out_again(small_data):

@@ -249,6 +249,7 @@ class DiffusionBackbone:
         depth: float = 1.0,
         residual: str = "decode",
         change_threshold: float | None = None,
+        change_ramp: tuple[float, float] | None = None,
     ) -> DiffusionEdit:
         """Invert x0 [1,3,H,W] once under s_source [1,S]; decode under s_source + strength·Δs for Δs [T,S].
 
@@ -272,15 +273,18 @@ class DiffusionBackbone:
         nothing, so the reconstruction row is the input itself. `change_threshold` (with a render):
         pixels where the edit leaves the rendering alone (|R(s') − R(s)|, largest over channels,
         3x3 mean, at most the threshold) return the input's pixels instead (docs/deltaedit-d.md).
+        `change_ramp` (lo, hi), instead of a threshold: a soft mask, each output blended with the
+        input by a weight that rises linearly with that change from 0 at lo to 1 at hi (lo = hi is
+        the threshold lo); see `change_weights`.
         """
-        _check_output_rule(residual, change_threshold)
+        _check_output_rule(residual, change_threshold, change_ramp)
         x0, s_source = self._check_source(x0, s_source, "edit")
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
         styles = self._edit_styles(s_source, delta_s, strength)
         renders = self._check_render(render, styles)
         render_source = None if renders is None else renders[:1]
         inversion = self._invert(x0, s_source, steps, refine, refine_last, preserve_details, render_source, depth)
-        return self._decode(inversion, styles, renders, residual, change_threshold)
+        return self._decode(inversion, styles, renders, residual, change_threshold, change_ramp)
 
     def invert_source(
         self,
@@ -308,13 +312,15 @@ class DiffusionBackbone:
         render: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         residual: str = "decode",
         change_threshold: float | None = None,
+        change_ramp: tuple[float, float] | None = None,
     ) -> DiffusionEdit:
         """The decoding half of `edit` for an `invert_source` result: one DDIM decoding pass under
-        s_source + strength·Δs [T,S] (`render`, `residual` and `change_threshold` as in `edit`)."""
-        _check_output_rule(residual, change_threshold)
+        s_source + strength·Δs [T,S] (`render`, `residual`, `change_threshold` and `change_ramp` as
+        in `edit`)."""
+        _check_output_rule(residual, change_threshold, change_ramp)
         styles = self._edit_styles(inversion.s_source, delta_s, strength)
         renders = self._check_render(render, styles)
-        return self._decode(inversion, styles, renders, residual, change_threshold)
+        return self._decode(inversion, styles, renders, residual, change_threshold, change_ramp)
 
     def _check_source(self, x0, s_source, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One image [1, 3, H, W] and its style code [1, S], checked for `what` (the caller's name)."""
@@ -356,7 +362,9 @@ class DiffusionBackbone:
         trajectory = inverted if preserve_details else None
         return Inversion(x0, s_source, x_T, trajectory, render_source, steps, depth)
 
-    def _decode(self, inversion: Inversion, styles, renders, residual, change_threshold) -> DiffusionEdit:
+    def _decode(
+        self, inversion: Inversion, styles, renders, residual, change_threshold, change_ramp=None
+    ) -> DiffusionEdit:
         """Decode `inversion` under styles [1+T,S] (row 0 the source's own code) -> reconstruction, edits."""
         out = ddim_sample(
             self.denoiser,
@@ -378,32 +386,82 @@ class DiffusionBackbone:
             out = renders + (image - renders[:1]) + (out - out[:1])
         else:
             out = renders + out
-        if change_threshold is not None:
-            keep = changed_pixels(renders[:1], renders, change_threshold)
-            out = torch.where(keep, out, image)
+        out = apply_change_rule(image, out, renders[:1], renders, change_threshold, change_ramp)
         out = out.clamp(-1, 1)
         return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
 
 
-def _check_output_rule(residual: str, change_threshold) -> None:
+def _check_output_rule(residual: str, change_threshold, change_ramp=None) -> None:
     if residual not in RESIDUAL_RULES:
         raise InputError(f"residual must be one of {', '.join(RESIDUAL_RULES)}, got {residual!r}")
-    if change_threshold is not None and not (
-        isinstance(change_threshold, int | float)
-        and math.isfinite(change_threshold)
-        and change_threshold >= 0
-    ):
+    if change_threshold is not None and not _non_negative(change_threshold):
         raise InputError(f"change_threshold must be a number >= 0 or None, got {change_threshold!r}")
+    if change_ramp is not None:
+        if change_threshold is not None:
+            raise InputError(
+                f"pass change_threshold ({change_threshold!r}) or change_ramp ({change_ramp!r}), not both:"
+                " the ramp (lo, hi) replaces the threshold (lo = hi is the threshold lo)"
+            )
+        if not (
+            isinstance(change_ramp, tuple | list)
+            and len(change_ramp) == 2
+            and all(_non_negative(v) for v in change_ramp)
+            and change_ramp[0] <= change_ramp[1]
+        ):
+            raise InputError(
+                f"change_ramp must be a pair (lo, hi) of numbers with 0 <= lo <= hi, or None, got {change_ramp!r}"
+            )
+
+
+def _non_negative(value) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )
 
 
 RESIDUAL_RULES = ("decode", "shift")
 
 
-def changed_pixels(render_source: torch.Tensor, renders: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Where an edit changes the generator's rendering: bool [N, 1, H, W] for renders [N, C, H, W]
-    against render_source [1, C, H, W], true where |R(s') − R(s)| (largest over channels, averaged
-    over 3x3 neighbours) exceeds `threshold`. Averaging first drops isolated pixels the generator
-    redraws slightly everywhere (its edits' leakage) and keeps the edited regions whole."""
+def rendering_change(render_source: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
+    """How much an edit changes the generator's rendering, per pixel: [N, 1, H, W] for renders
+    [N, C, H, W] against render_source [1, C, H, W], |R(s') − R(s)| largest over channels and
+    averaged over 3x3 neighbours. Averaging first drops isolated pixels the generator redraws
+    slightly everywhere (its edits' leakage) and keeps the edited regions whole."""
     change = (renders - render_source).abs().amax(1, keepdim=True)
-    change = torch.nn.functional.avg_pool2d(change, 3, stride=1, padding=1, count_include_pad=False)
-    return change > threshold
+    return torch.nn.functional.avg_pool2d(change, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def changed_pixels(render_source: torch.Tensor, renders: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Where an edit changes the generator's rendering: bool [N, 1, H, W], true where
+    `rendering_change` exceeds `threshold`."""
+    return rendering_change(render_source, renders) > threshold
+
+
+def change_weights(render_source: torch.Tensor, renders: torch.Tensor, ramp) -> torch.Tensor:
+    """The soft change mask: float [N, 1, H, W] in [0, 1], `rendering_change` mapped linearly from
+    0 at ramp[0] (and below) to 1 at ramp[1] (and above); ramp[0] = ramp[1] is `changed_pixels` at
+    that threshold, as 0 / 1."""
+    lo, hi = float(ramp[0]), float(ramp[1])
+    change = rendering_change(render_source, renders)
+    if hi <= lo:
+        return (change > lo).to(change.dtype)
+    return ((change - lo) / (hi - lo)).clamp(0, 1)
+
+
+def apply_change_rule(
+    image: torch.Tensor,
+    out: torch.Tensor,
+    render_source: torch.Tensor,
+    renders: torch.Tensor,
+    change_threshold: float | None = None,
+    change_ramp=None,
+) -> torch.Tensor:
+    """`out` [N, C, H, W] where the edit changes the rendering, the input `image` [1, C, H, W] where
+    it does not: with `change_threshold`, the input wherever `changed_pixels` is false; with
+    `change_ramp`, image + w·(out − image), w = `change_weights`; with neither, `out` as it is."""
+    if change_ramp is not None:
+        weight = change_weights(render_source, renders, change_ramp)
+        return image + weight * (out - image)
+    if change_threshold is not None:
+        return torch.where(changed_pixels(render_source, renders, change_threshold), out, image)
+    return out

@@ -117,6 +117,7 @@ class DiffusionEditor:
         depth: float | None = None,
         residual: str | None = None,
         change_threshold: float | None = None,
+        change_ramp: tuple[float, float] | None = None,
         example=None,
         reference=None,
     ) -> DiffusionPlan:
@@ -131,7 +132,7 @@ class DiffusionEditor:
         )  # fmt: skip
         steps = check_whole_number("steps", steps, STEPS_RANGE)
         refine_steps = gan.resolve_refine_steps(refine_steps, backbone="diffusion")
-        options = self._output_rule(residual, change_threshold)
+        options = self._output_rule(residual, change_threshold, change_ramp)
         codes = gan.prepare(image=image, latents=latents, codes=codes, align=align)
         if codes.input_image is None and codes.image is None:
             codes.image = gan.render(codes)
@@ -160,18 +161,14 @@ class DiffusionEditor:
             clock, inversion, options, renders,
         )  # fmt: skip
 
-    def _output_rule(self, residual, change_threshold) -> dict:
+    def _output_rule(self, residual, change_threshold, change_ramp=None) -> dict:
         """`DiffusionBackbone.decode_inversion`'s residual rule and change mask: the domain's
         defaults for a rendering-conditioned model (see `edit`), nothing otherwise."""
         if not self.backbone.render_channels:
             return {}
         if residual is None:
             residual = str(self.config.extra.get("diffusion_residual", "decode"))
-        if change_threshold is None:
-            change_threshold = self.config.extra.get("diffusion_change_threshold")
-        if change_threshold is not None and change_threshold < 0:
-            change_threshold = None
-        return {"residual": residual, "change_threshold": change_threshold}
+        return {"residual": residual, **change_rule(self.config.extra, change_threshold, change_ramp)}
 
     @torch.no_grad()
     def decode_plan(
@@ -209,11 +206,11 @@ class DiffusionEditor:
 
         `depth`: the fraction of the DDIM chain the input is inverted through and decoded back
         (None: the domain's `extra.diffusion_depth`, else 1 = to pure noise). For a
-        rendering-conditioned model, `residual` ("decode" or "shift") and `change_threshold` (a
-        number, or a negative one for none) are `DiffusionBackbone.edit`'s; None takes the domain's
-        `extra.diffusion_residual` ("decode" if unset) and `extra.diffusion_change_threshold` (none
-        if unset). `sweep` (see `DiffusionEditor.sweep`): the first target at these strengths
-        instead, one row each."""
+        rendering-conditioned model, `residual` ("decode" or "shift"), `change_threshold` (a
+        number, or a negative one for none) and `change_ramp` ((lo, hi)) are
+        `DiffusionBackbone.edit`'s; None takes the domain's `extra.diffusion_residual` ("decode" if
+        unset) and its change rule (`change_rule`). `sweep` (see `DiffusionEditor.sweep`): the
+        first target at these strengths instead, one row each."""
         return self.decode_plan(self.plan(**request), sweep=sweep)
 
     @torch.no_grad()
@@ -238,6 +235,21 @@ class DiffusionEditor:
         return SweepResult(
             list(result.edited_images), strengths, target, result.notices, dict(result.timings)
         )
+
+
+def change_rule(extra: dict, change_threshold=None, change_ramp=None) -> dict:
+    """The change mask DeltaEdit-D applies, as `DiffusionBackbone.edit`'s `change_threshold` and
+    `change_ramp`: those asked for, or (neither asked) the domain's `extra.diffusion_change_ramp`
+    ([lo, hi]) if set, else its `extra.diffusion_change_threshold`. A negative threshold is none."""
+    if change_threshold is None and change_ramp is None:
+        change_ramp = extra.get("diffusion_change_ramp")
+        if change_ramp is None:
+            change_threshold = extra.get("diffusion_change_threshold")
+    if isinstance(change_threshold, int | float) and change_threshold < 0:
+        change_threshold = None
+    if isinstance(change_ramp, list):
+        change_ramp = tuple(change_ramp)
+    return {"change_threshold": change_threshold, "change_ramp": change_ramp}
 
 
 @cache

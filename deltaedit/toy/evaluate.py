@@ -16,9 +16,11 @@ two-attribute prompt (source "face") the renderer draws the same face, same jitt
 asked attribute(s) changed; `counterfactual_psnr` is the PSNR of each edit against that render
 (images in [-1, 1]), averaged over edits, for three outputs of the same edit (same Δs, strength and
 refinement): the backbone's, DeltaEdit-G's R(s'), the no-UNet baseline R(s') + (x - R(s)) and the
-no-UNet "mask only" rule x + M·(R(s') - R(s)) (M: the change mask `changed_pixels` at the toy's
-`extra.diffusion_change_threshold`, 0.2: the input's pixels wherever the edit leaves the rendering
-alone, the baseline elsewhere), where R decodes a style code as DeltaEdit-G does, s' = s + α·Δs and
+no-UNet "mask only" rule x + M·(R(s') - R(s)) (M: the change mask DeltaEdit-D applies, from the
+domain's config as `DiffusionEditor` reads it: the hard mask `changed_pixels` at
+`extra.diffusion_change_threshold`, or the soft `change_weights` of `extra.diffusion_change_ramp`;
+the input's pixels wherever the edit leaves the rendering alone, the baseline elsewhere: the
+shipped D rule without its UNet), where R decodes a style code as DeltaEdit-G does, s' = s + α·Δs and
 x is the input. A DeltaEdit-D design earns its UNet only by beating the mask-only row. The
 renderer's labels serve only this measurement.
 """
@@ -36,7 +38,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..nn.stylespace import decode_s
-from ..pipelines.diffusion import changed_pixels, psnr
+from ..pipelines.diffusion import apply_change_rule, psnr
+from ..pipelines.diffusion_editor import change_rule
 from .attributes import SOURCE_TARGET_PAIRS, TWO_ATTRIBUTE_PROMPTS, prompt_targets, standard_prompts
 from .classifier import predict
 from .render import images_to_tensor, render_batch, render_many
@@ -170,26 +173,34 @@ def counterfactual_rows(
     render_edits: torch.Tensor,
     edited: torch.Tensor,
     mask_threshold: float = MASK_ONLY_THRESHOLD,
+    mask_ramp: tuple[float, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The outputs `counterfactual_psnr` compares, each [T, 3, H, W] in [-1, 1]: the backbone's
     `edited`, DeltaEdit-G's R(s') (`render_edits`), the no-UNet baseline R(s') + (x − R(s)) for
     the input x [1, 3, H, W] and its rendering R(s) [1, 3, H, W], and the no-UNet "mask only" rule
-    x + M·(R(s') − R(s)), M = `changed_pixels(R(s), R(s'), mask_threshold)`."""
+    x + M·(R(s') − R(s)), M = `changed_pixels(R(s), R(s'), mask_threshold)`, or with `mask_ramp`
+    (lo, hi) instead the soft M = `change_weights(R(s), R(s'), mask_ramp)` (`apply_change_rule`)."""
     x, render_source, render_edits = x.float(), render_source.float(), render_edits.float()
-    changed = changed_pixels(render_source, render_edits, mask_threshold)
+    rule = {"change_ramp": mask_ramp} if mask_ramp is not None else {"change_threshold": mask_threshold}
+    mask_only = apply_change_rule(x, x + render_edits - render_source, render_source, render_edits, **rule)
     return {
         "backbone": edited.float().clamp(-1, 1),
         "baseline": (render_edits + (x - render_source)).clamp(-1, 1),
         "gan": render_edits.clamp(-1, 1),
-        "mask_only": torch.where(changed, x + render_edits - render_source, x).clamp(-1, 1),
+        "mask_only": mask_only.clamp(-1, 1),
     }
 
 
-def _mask_threshold(editor) -> float:
-    """The change mask of the mask-only row: the domain's `extra.diffusion_change_threshold`."""
+def _mask_rule(editor) -> dict:
+    """The mask-only row's change mask as `counterfactual_rows` takes it: the rule DeltaEdit-D
+    applies for the editor's domain (`change_rule`: its ramp, else its threshold), else the
+    threshold `MASK_ONLY_THRESHOLD`."""
     config = getattr(editor, "config", None) or getattr(getattr(editor, "gan", None), "config", None)
-    value = getattr(config, "extra", {}).get("diffusion_change_threshold") if config is not None else None
-    return MASK_ONLY_THRESHOLD if value is None or value < 0 else float(value)
+    rule = change_rule(getattr(config, "extra", None) or {})
+    if rule["change_ramp"] is not None:
+        return {"mask_ramp": tuple(float(v) for v in rule["change_ramp"])}
+    threshold = rule["change_threshold"]
+    return {"mask_threshold": MASK_ONLY_THRESHOLD if threshold is None else float(threshold)}
 
 
 def counterfactual_psnrs(rows: dict[str, torch.Tensor], truths: torch.Tensor) -> dict[str, list[float]]:
@@ -276,7 +287,7 @@ def evaluate(
                 render_source, render_edits = _renders_of(editor, result, truths.shape[-1])
                 edited = _resized(result.edited_tensor.float().cpu(), truths.shape[-1])
                 rows = counterfactual_rows(
-                    x, render_source.cpu(), render_edits.cpu(), edited, _mask_threshold(editor)
+                    x, render_source.cpu(), render_edits.cpu(), edited, **_mask_rule(editor)
                 )
                 for name, values in counterfactual_psnrs(rows, truths).items():
                     for job, value in zip(group, values):
