@@ -20,4 +20,6 @@ def run(ctx: StageContext) -> dict:
     return {"timings": {"classifier": time.perf_counter() - t}}
 
 
-STAGE = Stage("classifier", outputs=("classifier.safetensors",), settings=("classifier_steps",), run=run)
+STAGE = Stage(
+    "classifier", outputs=("classifier.safetensors",), settings=("n_images", "classifier_steps"), run=run
+)
