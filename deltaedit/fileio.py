@@ -62,6 +62,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        for written in tmp.rglob("*"):  # as in atomic_write: save_pretrained's safetensors come out 0600
+            if written.is_file() and not written.is_symlink():
+                os.chmod(written, _plain_file_mode())
         old = None
         if path.exists():
             old = _sibling(path, f"{path.name}-old", "")

@@ -24,7 +24,7 @@ def safetensors_metadata(path: Path) -> dict | None:
 
 
 def same_file(a: Path, b: Path) -> bool:
-    if not b.is_file():
+    if not (a.is_file() and b.is_file()):  # missing on one side
         return False
     if a.suffix == ".safetensors":
         import torch
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("new", type=Path)
     parser.add_argument("files", nargs="*", help="only these files (paths inside the folders)")
     args = parser.parse_args(argv)
-    names = args.files or compared_files(args.old)
+    names = args.files or sorted(set(compared_files(args.old)) | set(compared_files(args.new)))
     different = [name for name in names if not same_file(args.old / name, args.new / name)]
     for name in names:
         print(("DIFFERENT " if name in different else "same      ") + name)

@@ -164,3 +164,17 @@ def test_ffhq_diffusion_by_example_sweep_and_redraw(tiny_ffhq, monkeypatch):
         counted.close()
     assert counted.calls == {"inversion": 0, "mapper": 0, "text": 0}
     assert np.abs(pixels(again.edited_images[0]) - pixels(sweep.frames[-1])).max() <= 1
+
+
+def test_a_bad_change_ramp_is_refused_before_the_inversion(toy_d, monkeypatch):
+    from deltaedit.errors import InputError
+
+    counted = Counted(toy_d, monkeypatch)
+    try:
+        with pytest.raises(InputError, match="change_ramp"):
+            toy_d.plan(
+                codes=toy_d.gan.sample(1), targets=["face with a smile"], steps=4, change_ramp=(0.5, 0.1)
+            )
+    finally:
+        counted.close()
+    assert counted.calls["inversion"] == 0

@@ -49,6 +49,9 @@ def test_weights_written_through_safetensors_get_the_permissions_of_a_plain_writ
     with atomic_write(tmp_path / "weights.safetensors") as tmp:
         safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp))
     assert (tmp_path / "weights.safetensors").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+    with atomic_dir(tmp_path / "model") as tmp:  # save_pretrained writes its safetensors the same way
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp / "w.safetensors"))
+    assert (tmp_path / "model" / "w.safetensors").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
 
 
 def test_write_json_round_trips(tmp_path):

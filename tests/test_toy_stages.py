@@ -13,7 +13,7 @@ from deltaedit.toy import train as toy_train
 from deltaedit.toy.budget import ToyBudget
 
 
-def test_every_budget_field_is_read_by_a_stage_that_declares_it():
+def test_every_budget_field_is_declared_by_a_stage_and_every_declared_one_exists():
     declared = {name for stage in toy_train.PIPELINE for name in stage.settings}
     fields = {f.name for f in dataclasses.fields(ToyBudget)}
     assert declared <= fields, declared - fields  # no stage names a setting that does not exist

@@ -277,7 +277,7 @@ class DiffusionBackbone:
         input by a weight that rises linearly with that change from 0 at lo to 1 at hi (lo = hi is
         the threshold lo); see `change_weights`.
         """
-        _check_output_rule(residual, change_threshold, change_ramp)
+        check_output_rule(residual, change_threshold, change_ramp)
         x0, s_source = self._check_source(x0, s_source, "edit")
         # Row 0 decodes the unedited code (the reconstruction), rows 1..T the edits, all from one x_T.
         styles = self._edit_styles(s_source, delta_s, strength)
@@ -317,7 +317,7 @@ class DiffusionBackbone:
         """The decoding half of `edit` for an `invert_source` result: one DDIM decoding pass under
         s_source + strength·Δs [T,S] (`render`, `residual`, `change_threshold` and `change_ramp` as
         in `edit`)."""
-        _check_output_rule(residual, change_threshold, change_ramp)
+        check_output_rule(residual, change_threshold, change_ramp)
         styles = self._edit_styles(inversion.s_source, delta_s, strength)
         renders = self._check_render(render, styles)
         return self._decode(inversion, styles, renders, residual, change_threshold, change_ramp)
@@ -391,7 +391,7 @@ class DiffusionBackbone:
         return DiffusionEdit(reconstruction=out[:1], edits=out[1:])
 
 
-def _check_output_rule(residual: str, change_threshold, change_ramp=None) -> None:
+def check_output_rule(residual: str, change_threshold, change_ramp=None) -> None:
     if residual not in RESIDUAL_RULES:
         raise InputError(f"residual must be one of {', '.join(RESIDUAL_RULES)}, got {residual!r}")
     if change_threshold is not None and not _non_negative(change_threshold):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..domain import Domain
 from ..errors import InputError
 from ..nn.stylespace import decode_s
-from .diffusion import DiffusionBackbone, Inversion, inference_dtype
+from .diffusion import DiffusionBackbone, Inversion, check_output_rule, inference_dtype
 from .gan import (
     STRENGTH_RANGE,
     EditPlan,
@@ -162,13 +162,15 @@ class DiffusionEditor:
         )  # fmt: skip
 
     def _output_rule(self, residual, change_threshold, change_ramp=None) -> dict:
-        """`DiffusionBackbone.decode_inversion`'s residual rule and change mask: the domain's
-        defaults for a rendering-conditioned model (see `edit`), nothing otherwise."""
+        """`DiffusionBackbone.decode_inversion`'s residual rule and change mask, checked: the
+        domain's defaults for a rendering-conditioned model (see `edit`), nothing otherwise."""
         if not self.backbone.render_channels:
             return {}
         if residual is None:
             residual = str(self.config.extra.get("diffusion_residual", "decode"))
-        return {"residual": residual, **change_rule(self.config.extra, change_threshold, change_ramp)}
+        options = {"residual": residual, **change_rule(self.config.extra, change_threshold, change_ramp)}
+        check_output_rule(**options)  # before the inversion, not at every redraw of a kept plan
+        return options
 
     @torch.no_grad()
     def decode_plan(

@@ -1,4 +1,4 @@
-"""Stage 3, autoencoder: our StyleGAN2 generator (64 px, constant ToRGB styles so that colour is
+"""The autoencoder stage: our StyleGAN2 generator (64 px, constant ToRGB styles so that colour is
 editable in S) and an e4e-style encoder trained together to reconstruct renders (W+ = encoder(x) +
 latent_avg, image = G(W+)); then fine-tuned with a CLIP feature loss as well (e4e's perceptual
 term, `sharpen_autoencoder`), which needs the clip stage's weights.

@@ -1,4 +1,4 @@
-"""Stage 7, classifier: the toy attribute classifier that scores edits (`eval`), and nothing else:
+"""The classifier stage: the toy attribute classifier that scores edits (`eval`), and nothing else:
 no other stage trains on it. Writes classifier.safetensors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 2, clip: a small open_clip model trained contrastively on renders and varied captions,
+"""The clip stage: a small open_clip model trained contrastively on renders and varied captions,
 with linear attribute probes shared by both towers (`AttributeProbe`). Writes clip.safetensors.
 
 Captions are only used here, to train the toy CLIP, exactly as the real domain's CLIP was trained

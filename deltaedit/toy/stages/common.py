@@ -50,7 +50,7 @@ class Stage:
 
     name: str
     outputs: tuple[str, ...]  # files or folders under out_dir; all there (and no --force): done
-    settings: tuple[str, ...]  # the ToyBudget fields it reads
+    settings: tuple[str, ...]  # the ToyBudget fields it depends on (n_images: through the renders)
     run: Callable[[StageContext], dict]  # trains, writes `outputs`; returns summary entries + "timings"
 
     def done(self, out_dir: Path) -> bool:

@@ -83,10 +83,10 @@ def run(ctx: StageContext) -> dict:
     t = time.perf_counter()
     x, s_codes, renders = training_data(ctx)
     run_dir = ctx.out_dir / DIFFUSION_RUN
-    settings = {"seed": ctx.seed, "codes": len(x), "config": DIFFUSION_CONFIG} | {
+    run_identity = {"seed": ctx.seed, "codes": len(x), "config": DIFFUSION_CONFIG} | {
         k: v for k, v in asdict(ctx.budget).items() if k.startswith("diffusion_")
     }
-    record, resume = diffusion_run(run_dir, settings)
+    record, resume = diffusion_run(run_dir, run_identity)
     threads = torch.get_num_threads()
     train_in_run_folder(ctx, (x, s_codes, renders), run_dir, record, resume)
     summary = {
@@ -165,6 +165,7 @@ STAGE = Stage(
     "diffusion",
     outputs=("diffusion",),
     settings=(
+        "n_images",
         "n_codes",
         "diffusion_steps",
         "diffusion_batch",

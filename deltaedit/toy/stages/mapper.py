@@ -1,4 +1,4 @@
-"""Stages 4 and 5, codes and mapper: W+, S and CLIP image features of encoded renders (the generic
+"""The mapper stage (codes, then the mapper): W+, S and CLIP image features of encoded renders (the generic
 `make-codes` tool), the Delta Mapper trained text-free on them (`train-mapper`), then the
 refinement distilled into it (`train-mapper --distil`, text-free too: image deltas of code pairs;
 it selects channels with fs3, so the relevance stage runs first). Writes mapper.safetensors (and
@@ -149,8 +149,8 @@ STAGE = Stage(
     "mapper",
     outputs=("mapper.safetensors",),
     settings=(
-        "n_codes", "bank_size", "mapper_steps", "mapper_neighbours", "mapper_delta_noise", "mapper_distil_steps",
-        "mapper_distil_batch", "mapper_distil_lr", "mapper_distil_anchor", "mapper_distil_random_fraction",
+        "n_images", "n_codes", "bank_size", "mapper_steps", "mapper_neighbours", "mapper_delta_noise",
+        "mapper_distil_steps", "mapper_distil_batch", "mapper_distil_lr", "mapper_distil_anchor", "mapper_distil_random_fraction",
     ),
     run=run,
 )  # fmt: skip

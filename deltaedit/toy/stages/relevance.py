@@ -1,4 +1,4 @@
-"""Stage 6 (run before the mapper, whose distillation selects channels with it), relevance: fs3 of
+"""The relevance stage (run before the mapper, whose distillation selects channels with it): fs3 of
 the toy generator, the generic `relevance` tool on encoded renders. Writes fs3.npy."""
 
 from __future__ import annotations
@@ -32,4 +32,4 @@ def run(ctx: StageContext) -> dict:
     return {"timings": {"relevance": time.perf_counter() - t}}
 
 
-STAGE = Stage("relevance", outputs=("fs3.npy",), settings=("fs3_samples",), run=run)
+STAGE = Stage("relevance", outputs=("fs3.npy",), settings=("n_images", "fs3_samples"), run=run)
