@@ -211,8 +211,9 @@ def run_clip_phase(ctx: StageContext) -> dict:
     t = time.perf_counter()
     pixel_dir = ctx.out_dir / AE_PIXEL_PHASE
     models.clear_cache()
-    G = models.load_generator(Domain.open("toy", pixel_dir), ctx.device)
-    encoder, latent_avg = models.load_encoder(Domain.open("toy", pixel_dir), ctx.device)
+    pixel_phase = Domain.open("toy", pixel_dir)
+    G = models.load_generator(pixel_phase, ctx.device)
+    encoder, latent_avg = models.load_encoder(pixel_phase, ctx.device)
     clip = models.load_clip(Domain.open("toy", ctx.out_dir), ctx.device)
     b = ctx.budget
     G, encoder, latent_avg, losses = sharpen_autoencoder(

@@ -108,14 +108,15 @@ def distil_toy_mapper(ctx: StageContext, codes_dir: Path) -> dict:
         raise InputError(
             f"the mapper's distillation needs {out_dir / 'fs3.npy'}: run the relevance stage too"
         )
-    defaults = load_domain_config("toy").defaults_for("gan")
+    toy = Domain.open("toy", out_dir)
+    defaults = toy.config.defaults_for("gan")
     result = distil_mapper(
         load_codes(codes_dir),
         DistilModels(
             G,
             clip,
-            models.load_relevance(Domain.open("toy", out_dir)),
-            models.load_feature_bank(Domain.open("toy", out_dir)),
+            models.load_relevance(toy),
+            models.load_feature_bank(toy),
         ),
         base,
         out_dir / "mapper.safetensors",
