@@ -43,6 +43,9 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
     depth = float(extra.get("diffusion_depth", 1.0))
     if depth < 1:  # the chain the toy default runs: that fraction of the 50 steps each way
         design += f", depth {depth:g} ({round(50 * depth)}+{round(50 * depth)} UNet steps)"
+    if editor.prior is not None:  # the image prior's redraw: its depth of 50 steps, draws batched
+        prior = editor.prior
+        design += f", image prior {round(prior.steps * prior.depth)} steps x {prior.draws} draws"
     rows = [
         Row(
             f"DeltaEdit-D toy edit, 64 px, 50+50 steps, refinement included ({device}, median of 3)",

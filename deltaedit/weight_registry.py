@@ -153,6 +153,14 @@ REGISTRY: dict[str, WeightSource] = {
             optional=True,
             unavailable_hint=_TOY_HINT,
         ),
+        WeightSource(
+            "toy-diffusion-prior",
+            "diffusion-prior",
+            packaged=True,
+            is_dir=True,
+            optional=True,
+            unavailable_hint=_TOY_HINT,
+        ),
     ]
 }
 

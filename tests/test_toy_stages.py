@@ -24,7 +24,8 @@ def test_the_stages_run_in_an_order_that_gives_each_what_it_reads():
     order = [stage.name for stage in toy_train.PIPELINE]
     assert order.index("clip") < order.index("autoencoder")  # its second phase needs the CLIP
     assert order.index("relevance") < order.index("mapper")  # the distillation selects with fs3
-    assert order[-1] == "diffusion" and toy_train.GAN_STAGES == tuple(order[:-1])
+    assert order[-2:] == ["diffusion", "prior"]  # DeltaEdit-D's two models, trained after the GAN
+    assert toy_train.GAN_STAGES == tuple(order[:-2])
 
 
 def test_a_stage_is_done_only_when_all_its_outputs_are_there(tmp_path):

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     add_time_limit_option(
         t,
-        "stop the DeltaEdit-D stage at a checkpoint once MINUTES have passed (exit code 75);"
+        "stop the DeltaEdit-D stage (or its prior's) at a checkpoint once MINUTES have passed (exit code 75);"
         " the same command again continues it",
     )
     t.add_argument(
@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=STAGES,
         default=None,
-        help="run only these stages (default: every stage but diffusion for --budget cpu, whose"
-        " DeltaEdit-D stage runs on its own with --stages diffusion; every stage otherwise)",
+        help="run only these stages (default: every stage but diffusion and prior for --budget cpu,"
+        " whose DeltaEdit-D stages run on their own with --stages diffusion prior; every stage otherwise)",
     )
     s = sub.add_parser("sheet", help="write a PNG grid of random renders")
     s.add_argument("--out", type=Path, required=True)

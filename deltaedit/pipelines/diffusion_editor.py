@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..domain import Domain
 from ..errors import InputError
 from ..nn.stylespace import decode_s
-from .diffusion import DiffusionBackbone, Inversion, check_output_rule, inference_dtype
+from .diffusion import DiffusionBackbone, Inversion, apply_change_rule, check_output_rule, inference_dtype
 from .gan import (
     STRENGTH_RANGE,
     EditPlan,
@@ -35,6 +35,7 @@ from .gan import (
     make_result,
     normalise_targets,
 )
+from .prior_cleanup import PriorCleanup
 
 STEPS_RANGE = (1, 1000)
 
@@ -50,14 +51,22 @@ class DiffusionPlan(EditPlan):
 
 
 class DiffusionEditor:
-    def __init__(self, gan: GanEditor, backbone: DiffusionBackbone):
+    def __init__(self, gan: GanEditor, backbone: DiffusionBackbone, prior: PriorCleanup | None = None):
+        """`prior`: the domain's image prior, which redraws each edit of a rendering-conditioned
+        model inside its change mask (`PriorCleanup`); None: the edits as the backbone decodes them."""
         if backbone.style_dim != gan.layout.total:
             raise InputError(
                 f"the diffusion model is conditioned on {backbone.style_dim} style values but the"
                 f" {gan.config.id} generator has {gan.layout.total}; were the weights trained for this domain?"
             )
+        if prior is not None and prior.backbone.style_dim != gan.layout.total:
+            raise InputError(
+                f"the image prior is conditioned on {prior.backbone.style_dim} style values but the"
+                f" {gan.config.id} generator has {gan.layout.total}; were the weights trained for this domain?"
+            )
         self.gan = gan
         self.backbone = backbone
+        self.prior = prior
         self.config = gan.config
 
     @classmethod
@@ -193,12 +202,22 @@ class DiffusionEditor:
             else:
                 render = torch.cat([plan.inversion.render_source, self.render_styles(codes, s_edit)])
         out = self.backbone.decode_inversion(plan.inversion, delta_s, strength, render=render, **plan.options)
+        edits = self._redrawn(out.edits, s_edit, plan, render)
         timings = plan.clock.since("decoding", t0)
         timings["diffusion"] = timings["inversion"] + timings["decoding"]
         return make_result(
-            codes, out.reconstruction, out.edits, targets, plan.source_text, strength, plan.threshold,
+            codes, out.reconstruction, edits, targets, plan.source_text, strength, plan.threshold,
             s_edit, delta_s, plan.notices, timings, input_tensor=plan.inversion.image,
         )  # fmt: skip
+
+    def _redrawn(self, edits, s_edit, plan: DiffusionPlan, render) -> torch.Tensor:
+        """`edits` redrawn by the image prior inside the plan's change mask (the input's pixels
+        stay where the mask is 0), or as they are without a prior or a change mask."""
+        rule = {k: plan.options.get(k) for k in ("change_threshold", "change_ramp")}
+        if self.prior is None or render is None or all(v is None for v in rule.values()):
+            return edits
+        redrawn = self.prior.redraw(edits, s_edit)
+        return apply_change_rule(plan.inversion.image, redrawn, render[:1], render[1:], **rule).clamp(-1, 1)
 
     @torch.no_grad()
     def edit(self, *, sweep: list[float] | None = None, **request) -> EditResult:
@@ -261,4 +280,18 @@ def _cached_editor(domain: Domain, device: str) -> DiffusionEditor:
     return DiffusionEditor(
         GanEditor.load(domain, device),
         DiffusionBackbone.from_pretrained(domain.weight("diffusion"), device, inference_dtype(device)),
+        _domain_prior(domain, device),
+    )
+
+
+def _domain_prior(domain: Domain, device: str) -> PriorCleanup | None:
+    """The domain's image prior (weights role `diffusion_prior`, settings `extra.diffusion_prior_depth`
+    and `extra.diffusion_prior_draws`), or None where the domain names none."""
+    if "diffusion_prior" not in domain.config.weights:
+        return None
+    extra = domain.config.extra
+    return PriorCleanup(
+        DiffusionBackbone.from_pretrained(domain.weight("diffusion_prior"), device, inference_dtype(device)),
+        depth=float(extra.get("diffusion_prior_depth", 0.1)),
+        draws=int(extra.get("diffusion_prior_draws", 8)),
     )

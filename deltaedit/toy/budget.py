@@ -45,6 +45,11 @@ class ToyBudget:
     diffusion_lr: float = 5e-4
     diffusion_codes: int = 10000  # encoded renders (x0, s, R(s)) the D stage trains on
     diffusion_lr_schedule: str = "cosine"
+    # DeltaEdit-D's image prior (`--stages prior`): a full-image UNet on renders and their codes
+    # that redraws each edit inside the change mask (docs/deltaedit-d.md, fourth round).
+    prior_steps: int = 6000
+    prior_batch: int = 32
+    prior_images: int = 6000
 
 
 FULL = ToyBudget()
@@ -62,6 +67,9 @@ GPU = ToyBudget(
     diffusion_steps=3000,
     diffusion_batch=64,
     diffusion_codes=20000,
+    prior_steps=10000,
+    prior_batch=64,
+    prior_images=20000,
 )
 SMOKE = ToyBudget(
     n_images=256,
@@ -78,6 +86,8 @@ SMOKE = ToyBudget(
     classifier_steps=3,
     diffusion_steps=2,
     diffusion_batch=4,
+    prior_steps=2,
+    prior_batch=4,
 )
 
 

@@ -34,7 +34,7 @@ from ..domain import Domain
 from ..fileio import write_json
 from .budget import FULL, GPU, SMOKE, ToyBudget, smoke_budget
 from .dataset import render_dataset
-from .stages import autoencoder, classifier, clip, diffusion, mapper, relevance
+from .stages import autoencoder, classifier, clip, diffusion, mapper, prior, relevance
 from .stages.common import GanModels, StageContext
 
 __all__ = [
@@ -51,9 +51,9 @@ __all__ = [
 ]
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
-PIPELINE = (clip.STAGE, autoencoder.STAGE, relevance.STAGE, mapper.STAGE, classifier.STAGE, diffusion.STAGE)
+PIPELINE = (clip.STAGE, autoencoder.STAGE, relevance.STAGE, mapper.STAGE, classifier.STAGE, diffusion.STAGE, prior.STAGE)
 STAGES = tuple(stage.name for stage in PIPELINE)
-GAN_STAGES = STAGES[:-1]  # everything DeltaEdit-G needs; DeltaEdit-D is trained afterwards
+GAN_STAGES = STAGES[:-2]  # everything DeltaEdit-G needs; DeltaEdit-D (and its prior) afterwards
 # The stages after these read the GAN's weights through the same loaders as every other domain.
 INDEPENDENT = ("clip", "autoencoder")
 

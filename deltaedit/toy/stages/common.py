@@ -46,7 +46,7 @@ class StageContext:
 @dataclass(frozen=True)
 class Stage:
     """One stage. Resuming: a stage that can stop part-way keeps its partial work in a hidden
-    folder of `out_dir` (`.autoencoder-pixel`, `.diffusion-run`) and continues from it."""
+    folder of `out_dir` (`.autoencoder-pixel`, `.diffusion-run`, `.prior-run`) and continues from it."""
 
     name: str
     outputs: tuple[str, ...]  # files or folders under out_dir; all there (and no --force): done

@@ -1,0 +1,65 @@
+"""DeltaEdit-D's image prior: redraw each edit inside its change mask (SDEdit, Meng et al. 2022).
+
+The residual model can only add detail to the generator's rendering R(s'), so where R(s') smears
+an edit (a doubled outline, a streak) the edit keeps the smear. A second, full-image UNet trained
+on images and their style codes (`toy train --stages prior`) knows what clean images of a code look
+like: each edit y is noised to a shallow depth, x_t = √ᾱ_t·y + √(1−ᾱ_t)·ε, decoded back with DDIM
+under its own code s', and the mean over a few seeded draws replaces y where the edit changes the
+rendering (the caller blends it in with the same change mask; elsewhere the input stays).
+Measured against the truth in docs/deltaedit-d.md ("fourth round").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from ..errors import InputError
+from .ddim import _depth_steps, ddim_sample, make_scheduler
+from .diffusion import DiffusionBackbone
+
+
+@dataclass
+class PriorCleanup:
+    """`backbone`: a full-image model (no `render_channels`) conditioned on s; `depth`: the fraction
+    of a `steps`-step DDIM chain each edit is noised through; `draws`: seeded noise draws averaged
+    (the mean is what scores best against the truth; one draw is sharper and noisier); `seed`: the
+    draws' seed, so one request always gives one picture."""
+
+    backbone: DiffusionBackbone
+    depth: float = 0.1
+    draws: int = 8
+    steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.backbone.render_channels:
+            raise InputError("the image prior must be a full-image model (no render_channels)")
+        if not (isinstance(self.draws, int) and 1 <= self.draws <= 64):
+            raise InputError(f"prior draws must be a whole number from 1 to 64, got {self.draws!r}")
+        _depth_steps(self.steps, self.depth)  # InputError for a depth outside (0, 1]
+
+    @torch.no_grad()
+    def redraw(self, edits: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        """The mean over `draws` of each edit [T, 3, H, W] in [-1, 1] noised to `depth` and decoded
+        under its code in `styles` [T, S]."""
+        if edits.shape[0] == 0:
+            return edits
+        scheduler = make_scheduler(DDIMScheduler, self.backbone.scheduler_config)
+        scheduler.set_timesteps(self.steps)
+        t = scheduler.timesteps[self.steps - _depth_steps(self.steps, self.depth)]
+        alpha_bar = scheduler.alphas_cumprod[t].to(edits.device, torch.float32)
+        y = edits.float().repeat(self.draws, 1, 1, 1)
+        noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(self.seed)).to(y.device)
+        x_t = alpha_bar.sqrt() * y + (1 - alpha_bar).sqrt() * noise
+        out = ddim_sample(
+            self.backbone.denoiser,
+            self.backbone.scheduler_config,
+            x_t,
+            styles.float().repeat(self.draws, 1),
+            self.steps,
+            depth=self.depth,
+        )
+        return out.view(self.draws, *edits.shape).mean(0).clamp(-1, 1)
