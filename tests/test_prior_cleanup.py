@@ -68,6 +68,9 @@ def test_redraw_is_seeded_and_averages_its_draws():
     four_more = PriorCleanup(model, depth=0.2, draws=4, seed=7).redraw(edits, styles)
     assert (four - four_more).pow(2).mean() < (a - other).pow(2).mean()
     assert PriorCleanup(model).redraw(edits[:0], styles[:0]).shape[0] == 0
+    # An edit's redraw does not depend on the other edits of its batch.
+    alone = one.redraw(edits[1:], styles[1:])
+    torch.testing.assert_close(alone, a[1:], atol=1e-5, rtol=0)
 
 
 def test_the_prior_must_be_a_full_image_model_with_sane_settings():

@@ -51,8 +51,13 @@ class PriorCleanup:
         scheduler.set_timesteps(self.steps)
         t = scheduler.timesteps[self.steps - _depth_steps(self.steps, self.depth)]
         alpha_bar = scheduler.alphas_cumprod[t].to(edits.device, torch.float32)
-        y = edits.float().repeat(self.draws, 1, 1, 1)
-        noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(self.seed)).to(y.device)
+        y = edits.float().repeat(self.draws, 1, 1, 1)  # [draws·T, ...], draw-major
+        # The same draws for every edit: an edit's picture does not depend on what else is in the batch
+        # (a sweep's frame equals the single edit at that strength).
+        noise = torch.randn(
+            (self.draws, 1, *edits.shape[1:]), generator=torch.Generator().manual_seed(self.seed)
+        )
+        noise = noise.expand(-1, edits.shape[0], -1, -1, -1).reshape(y.shape).to(y.device)
         x_t = alpha_bar.sqrt() * y + (1 - alpha_bar).sqrt() * noise
         out = ddim_sample(
             self.backbone.denoiser,
