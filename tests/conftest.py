@@ -89,3 +89,14 @@ def uploads(tmp_path):
     (folder / "abc123").mkdir(parents=True)
     (folder / "abc123" / "face.png").write_bytes(b"png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def toy_d():
+    """The shipped toy DeltaEdit-D editor (skipped where its weights are not here)."""
+    from deltaedit.api import load_editor
+
+    try:
+        return load_editor("toy", backbone="diffusion", device="cpu")
+    except Exception as exc:
+        pytest.skip(f"toy DeltaEdit-D weights unavailable: {exc}")

@@ -24,14 +24,6 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-@pytest.fixture(scope="module")
-def toy_d():
-    try:
-        return load_editor("toy", backbone="diffusion", device="cpu")
-    except Exception as exc:
-        pytest.skip(f"toy DeltaEdit-D weights unavailable: {exc}")
-
-
 class Counted:
     """Counts the calls that a redraw must not make: inversions, mapper runs, text encodings."""
 

@@ -84,16 +84,6 @@ def test_the_prior_must_be_a_full_image_model_with_sane_settings():
             PriorCleanup(plain, **bad)
 
 
-@pytest.fixture(scope="module")
-def toy_d():
-    from deltaedit.api import load_editor
-
-    try:
-        return load_editor("toy", backbone="diffusion", device="cpu")
-    except Exception as exc:
-        pytest.skip(f"toy DeltaEdit-D weights unavailable: {exc}")
-
-
 def test_toy_edit_is_redrawn_inside_the_change_mask_only(toy_d, monkeypatch):
     """The shipped toy D: with its prior replaced by an exact prior of one image x*, the edit is x*
     where the change weight is 1, the input where it is 0, and the reconstruction stays the input."""

@@ -54,16 +54,13 @@ class DiffusionEditor:
     def __init__(self, gan: GanEditor, backbone: DiffusionBackbone, prior: PriorCleanup | None = None):
         """`prior`: the domain's image prior, which redraws each edit of a rendering-conditioned
         model inside its change mask (`PriorCleanup`); None: the edits as the backbone decodes them."""
-        if backbone.style_dim != gan.layout.total:
-            raise InputError(
-                f"the diffusion model is conditioned on {backbone.style_dim} style values but the"
-                f" {gan.config.id} generator has {gan.layout.total}; were the weights trained for this domain?"
-            )
-        if prior is not None and prior.backbone.style_dim != gan.layout.total:
-            raise InputError(
-                f"the image prior is conditioned on {prior.backbone.style_dim} style values but the"
-                f" {gan.config.id} generator has {gan.layout.total}; were the weights trained for this domain?"
-            )
+        models = {"the diffusion model": backbone, "the image prior": prior and prior.backbone}
+        for name, model in models.items():
+            if model is not None and model.style_dim != gan.layout.total:
+                raise InputError(
+                    f"{name} is conditioned on {model.style_dim} style values but the {gan.config.id}"
+                    f" generator has {gan.layout.total}; were the weights trained for this domain?"
+                )
         self.gan = gan
         self.backbone = backbone
         self.prior = prior

@@ -46,30 +46,43 @@ def training_data(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor, torch.
     return x, torch.cat([s for s, _ in pairs]), torch.cat([r for _, r in pairs])
 
 
-def train_in_run_folder(ctx: StageContext, data, run_dir: Path, record: dict, resume: bool) -> None:
-    """`train_diffusion` in `run_dir`, counting this call's training time in `record` (paused or done)."""
+def train_in_run_folder(
+    ctx: StageContext,
+    data,
+    run_dir: Path,
+    record: dict,
+    resume: bool,
+    config: dict | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr_schedule: str | None = None,
+) -> None:
+    """`train_diffusion` in `run_dir`, counting this call's training time in `record` (paused or done).
+    `config`, `steps`, `batch_size`, `lr_schedule`: another model's (the image prior's); None: the D
+    stage's (DIFFUSION_CONFIG and the budget's diffusion_* fields)."""
     from ...nn.style_unet import TOY_CONFIG
     from ...training.diffusion import train_diffusion
 
     b = ctx.budget
+    steps = b.diffusion_steps if steps is None else steps
     t_train = time.perf_counter()
     try:
         train_diffusion(
             data,
-            config={**TOY_CONFIG, **DIFFUSION_CONFIG},
+            config={**TOY_CONFIG, **(DIFFUSION_CONFIG if config is None else config)},
             out_dir=run_dir,
-            steps=b.diffusion_steps,
-            batch_size=b.diffusion_batch,
+            steps=steps,
+            batch_size=b.diffusion_batch if batch_size is None else batch_size,
             lr=b.diffusion_lr,
-            warmup_steps=min(100, b.diffusion_steps // 10),
+            warmup_steps=min(100, steps // 10),
             seed=ctx.seed,
             progress=ctx.progress,
-            sample_every=max(b.diffusion_steps // 4, 1),
-            checkpoint_every=max(b.diffusion_steps // 10, 1),
+            sample_every=max(steps // 4, 1),
+            checkpoint_every=max(steps // 10, 1),
             ema_decay=0.999,
             resume="latest" if resume else None,
             time_limit=None if ctx.time_limit is None else max(ctx.time_limit - (t_train - ctx.started), 0.0),
-            lr_schedule=b.diffusion_lr_schedule,
+            lr_schedule=b.diffusion_lr_schedule if lr_schedule is None else lr_schedule,
         )
     finally:  # paused or done: this call's training time counts
         record["calls"] += 1
@@ -112,6 +125,13 @@ def style_codes_and_renders(G, encoder, latent_avg, x: torch.Tensor) -> tuple[to
     w = encode(encoder, latent_avg, x)
     s_list = w_plus_to_s(G, w)
     return layout_from_generator(G).join(s_list).cpu(), decode_s(G, s_list, w).clamp(-1, 1).cpu()
+
+
+def style_codes(G, encoder, latent_avg, x: torch.Tensor) -> torch.Tensor:
+    """s [B, S] of encoded renders, as `style_codes_and_renders` gives them, without the renders."""
+    from ...nn.stylespace import layout_from_generator, w_plus_to_s
+
+    return layout_from_generator(G).join(w_plus_to_s(G, encode(encoder, latent_avg, x))).cpu()
 
 
 def loss_curve(log_jsonl: Path, points: int = 60) -> list[list[float]]:

@@ -13,33 +13,26 @@ from dataclasses import asdict
 
 import torch
 
-from ...fileio import write_json
-from ...nn.e4e import encode
-from ...nn.stylespace import layout_from_generator, w_plus_to_s
 from ..render import images_to_tensor
 from .common import Stage, StageContext
-from .diffusion import copy_diffusion_weights, diffusion_run, loss_curve
+from .diffusion import copy_diffusion_weights, diffusion_run, loss_curve, style_codes, train_in_run_folder
 
 PRIOR_RUN = ".prior-run"
 
 
 def training_data(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, s) of the first `prior_images` renders."""
-    G, encoder, latent_avg = ctx.gan.G, ctx.gan.encoder, ctx.gan.latent_avg
-    layout = layout_from_generator(G)
+    gan = ctx.gan
     x = images_to_tensor(ctx.images[: min(ctx.budget.prior_images, len(ctx.images))])
     with torch.no_grad():
         s = [
-            layout.join(w_plus_to_s(G, encode(encoder, latent_avg, x[i : i + 256].to(ctx.device)))).cpu()
+            style_codes(gan.G, gan.encoder, gan.latent_avg, x[i : i + 256].to(ctx.device))
             for i in range(0, len(x), 256)
         ]
     return x, torch.cat(s)
 
 
 def run(ctx: StageContext) -> dict:
-    from ...nn.style_unet import TOY_CONFIG
-    from ...training.diffusion import train_diffusion
-
     b = ctx.budget
     if b.prior_steps <= 0:  # a budget without the prior
         return {"timings": {}}
@@ -50,29 +43,11 @@ def run(ctx: StageContext) -> dict:
         k: v for k, v in asdict(b).items() if k.startswith("prior_") or k == "diffusion_lr"
     }
     record, resume = diffusion_run(run_dir, identity)
-    t_train = time.perf_counter()
-    try:
-        train_diffusion(
-            data,
-            config=dict(TOY_CONFIG),
-            out_dir=run_dir,
-            steps=b.prior_steps,
-            batch_size=b.prior_batch,
-            lr=b.diffusion_lr,
-            warmup_steps=min(100, b.prior_steps // 10),
-            seed=ctx.seed,
-            progress=ctx.progress,
-            sample_every=max(b.prior_steps // 4, 1),
-            checkpoint_every=max(b.prior_steps // 10, 1),
-            ema_decay=0.999,
-            resume="latest" if resume else None,
-            time_limit=None if ctx.time_limit is None else max(ctx.time_limit - (t_train - ctx.started), 0.0),
-            lr_schedule="cosine",
-        )
-    finally:  # paused or done: this call's training time counts
-        record["calls"] += 1
-        record["train_seconds"] += time.perf_counter() - t_train
-        write_json(run_dir / "run.json", record)
+    # The toy preset as it is (no rendering input), with a cosine schedule.
+    train_in_run_folder(
+        ctx, data, run_dir, record, resume, config={}, steps=b.prior_steps, batch_size=b.prior_batch,
+        lr_schedule="cosine",
+    )  # fmt: skip
     summary = {
         "design": "image prior: full-image UNet conditioned on s, no rendering input",
         "torch_threads": torch.get_num_threads(),
