@@ -46,6 +46,8 @@ def bench_diffusion(device: str = "cpu") -> list[Row]:
     if editor.prior is not None:  # the image prior's redraw: its depth of 50 steps, draws batched
         prior = editor.prior
         design += f", image prior {round(prior.steps * prior.depth)} steps x {prior.draws} draws"
+        if prior.structure_sigma > 0:
+            design += f" above {prior.structure_sigma:g} px"
     rows = [
         Row(
             f"DeltaEdit-D toy edit, 64 px, 50+50 steps, refinement included ({device}, median of 3)",

@@ -73,13 +73,36 @@ def test_redraw_is_seeded_and_averages_its_draws():
     torch.testing.assert_close(alone, a[1:], atol=1e-5, rtol=0)
 
 
+def test_structure_sigma_keeps_the_edits_shape_and_colour_and_takes_the_priors_detail():
+    """An edit that differs from what the prior knows only by a flat colour keeps that colour; one
+    that differs by fine speckle loses it (comes back close to the prior's image); σ 0 takes all."""
+    torch.manual_seed(0)
+    target = (torch.rand(1, 3, 32, 32) * 2 - 1) * 0.5
+    recoloured = target + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    checker = ((torch.arange(32).view(-1, 1) + torch.arange(32)) % 2 * 2 - 1).float() * 0.2
+    speckled = target + checker
+    edits, styles = torch.cat([recoloured, speckled]), torch.zeros(2, S)
+    kept = oracle_prior(target, depth=0.1, draws=2, structure_sigma=3.0).redraw(edits, styles)
+    torch.testing.assert_close(kept[:1], recoloured, atol=1e-4, rtol=0)
+    assert (kept[1:] - target).abs().mean() < 0.1 * (speckled - target).abs().mean()
+    replaced = oracle_prior(target, depth=0.1, draws=2).redraw(edits, styles)
+    torch.testing.assert_close(replaced, target.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
+    # The kernel is cut to what a small image allows instead of failing.
+    tiny = oracle_prior(target[..., :4, :4], structure_sigma=3.0).redraw(edits[:1, :, :4, :4], styles[:1])
+    assert tiny.shape == (1, 3, 4, 4) and torch.isfinite(tiny).all()
+
+
 def test_the_prior_must_be_a_full_image_model_with_sane_settings():
     torch.manual_seed(0)
     residual = DiffusionBackbone(StyleConditionedUNet.tiny(style_dim=S, sample_size=16, render_channels=3))
     with pytest.raises(InputError, match="full-image"):
         PriorCleanup(residual)
     plain = DiffusionBackbone(StyleConditionedUNet.tiny(style_dim=S, sample_size=16))
-    for bad in ({"draws": 0}, {"draws": 2.5}, {"depth": 0}, {"depth": 1.5}):
+    bad_settings = (
+        {"draws": 0}, {"draws": 2.5}, {"depth": 0}, {"depth": 1.5},
+        {"structure_sigma": -1}, {"structure_sigma": float("nan")}, {"structure_sigma": "3"},
+    )  # fmt: skip
+    for bad in bad_settings:
         with pytest.raises(InputError):
             PriorCleanup(plain, **bad)
 
@@ -92,6 +115,7 @@ def test_toy_edit_is_redrawn_inside_the_change_mask_only(toy_d, monkeypatch):
     assert toy_d.prior is not None  # the toy domain ships one
     codes = toy_d.sample(seed=5)
     plan = toy_d.plan(codes=codes, targets=["chubby face"], steps=20)
+    assert toy_d.prior.structure_sigma == toy_d.config.extra["diffusion_prior_structure_sigma"] > 0
     target = torch.rand(1, 3, 64, 64) * 2 - 1
     monkeypatch.setattr(toy_d, "prior", oracle_prior(target, depth=0.1, draws=2))
     result = toy_d.decode_plan(plan)

@@ -282,13 +282,19 @@ def _cached_editor(domain: Domain, device: str) -> DiffusionEditor:
 
 
 def _domain_prior(domain: Domain, device: str) -> PriorCleanup | None:
-    """The domain's image prior (weights role `diffusion_prior`, settings `extra.diffusion_prior_depth`
-    and `extra.diffusion_prior_draws`), or None where the domain names none."""
+    """The domain's image prior (weights role `diffusion_prior`; `extra.diffusion_prior_depth`,
+    `extra.diffusion_prior_draws` and `extra.diffusion_prior_structure_sigma` where set, else
+    PriorCleanup's defaults), or None where the domain names none."""
     if "diffusion_prior" not in domain.config.weights:
         return None
     extra = domain.config.extra
+    settings = {"depth": float, "draws": int, "structure_sigma": float}
+    chosen = {
+        key: cast(extra[f"diffusion_prior_{key}"])
+        for key, cast in settings.items()
+        if f"diffusion_prior_{key}" in extra
+    }
     return PriorCleanup(
         DiffusionBackbone.from_pretrained(domain.weight("diffusion_prior"), device, inference_dtype(device)),
-        depth=float(extra.get("diffusion_prior_depth", 0.1)),
-        draws=int(extra.get("diffusion_prior_draws", 8)),
+        **chosen,
     )
