@@ -517,9 +517,11 @@ between their captions. That shared space of differences is **DeltaSpace**.
    conditioned on the same style code (DDIM inversion, then sampling under s + Δs).
 
 Any prompt works zero-shot. The *Toy faces* domain is a small built-in model trained here on
-procedural cartoon faces, so the app runs anywhere without downloads; it adds three steps that are
+procedural cartoon faces, so the app runs anywhere without downloads; it adds four steps that are
 not in the paper (the text difference grounded in the picture through a bank of image features, a
-mapper trained on nearest-neighbour pairs, and a few refinement steps; see docs/toy-domain.md). *FFHQ
+mapper trained on nearest-neighbour pairs, a per-edit choice by CLIP between the thresholded Δs and
+the whole Δs at a lower strength, which shape edits need, and a few refinement steps; see
+docs/toy-domain.md). *FFHQ
 faces* uses the authors' published weights when they can be downloaded, with the paper's method.
 """
 

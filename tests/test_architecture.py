@@ -12,7 +12,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "deltaedit"
 FLOORS = {
     0: {"errors", "fileio", "imageio", "config", "weights", "weight_registry", "weight_files", "progress",
         "templates"},
-    1: {"domain", "models", "clip", "relevance", "grounding", "refine", "align", "nn"},
+    1: {"domain", "models", "clip", "relevance", "grounding", "refine", "delta_choice", "align", "nn"},
     2: {"api", "pipelines", "training", "toy", "analysis", "vocabulary", "bench", "bench_diffusion", "publish"},
     3: {"service", "domain_info", "request_checks", "views", "plan_store", "outputs", "deltaspace_report",
         "request_guard", "upload_guard", "reliability", "commands", "cli", "__main__", "__init__"},

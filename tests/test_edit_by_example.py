@@ -77,10 +77,12 @@ def test_text_and_pictures_in_one_request(toy):
     both = editor.edit(image=face, align=False, targets="face with eyeglasses", example=pair, reference=reference)
     assert both.targets == ["face with eyeglasses", "by example (A → B)", "toward the reference"]
     text = editor.edit(image=face, align=False, targets="face with eyeglasses")
-    # The text row is the same edit whether or not pictures come with it.
-    torch.testing.assert_close(both.delta_s[0], text.delta_s[0])
+    # The text row is the same edit whether or not pictures come with it (to 1e-3 in style units:
+    # where the toy's delta_choices take the whole Δs, the refinement's Adam steps reach channels
+    # whose gradient is near zero, and the batch's rounding of it can move one by ~1e-4).
+    torch.testing.assert_close(both.delta_s[0], text.delta_s[0], atol=1e-3, rtol=0)
     by_example = editor.edit(image=face, align=False, example=pair)
-    torch.testing.assert_close(both.delta_s[1], by_example.delta_s[0])
+    torch.testing.assert_close(both.delta_s[1], by_example.delta_s[0], atol=1e-3, rtol=0)
     assert float(both.delta_s[2].abs().sum()) > 0  # the reference moved something
 
 

@@ -144,7 +144,7 @@ class DiffusionEditor:
             codes.image = gan.render(codes)
         clock.lap("encode")
         delta_t, targets, notices = gan.request_deltas(codes, targets, source_text, example, reference, align)
-        delta_s = gan.style_deltas(codes, delta_t, threshold)
+        delta_s = gan.style_deltas(codes, delta_t, threshold, gan.choice_strength(source_text, "diffusion"))
         # The same (optionally refined) Δs as DeltaEdit-G would apply.
         delta_s = gan.refined_style_deltas(
             codes, delta_t, delta_s, strength, refine_steps, backbone="diffusion"

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from .. import models
+from ..delta_choice import choose_style_deltas, parse_delta_choices
 from ..domain import Domain
 from ..errors import InputError
 from ..imageio import center_square, load_image, pixels_to_pils, tensors_to_pixels, to_tensor
@@ -96,6 +97,8 @@ class GanEditor:
         self._encoder = encoder
         self._aligner = aligner
         self.feature_bank = feature_bank
+        # Alternatives to each edit's Δs, one chosen per edit by CLIP (`deltaedit.delta_choice`).
+        self.delta_choices = parse_delta_choices(self.config.extra.get("delta_choices"))
         self._sources: OrderedDict[str, SourceCodes] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -286,21 +289,56 @@ class GanEditor:
         return labels, deltas, notices
 
     @torch.no_grad()
-    def style_deltas(self, codes: SourceCodes, delta_t: torch.Tensor, threshold: float) -> torch.Tensor:
+    def style_deltas(
+        self, codes: SourceCodes, delta_t: torch.Tensor, threshold: float, choose_at: float | None = None
+    ) -> torch.Tensor:
         """Δs [T, S]: the mapper's output with irrelevant channels (|fs3 · Δt| < threshold) zeroed.
 
         The mapper reads Δt grounded in the source image when the editor has a feature bank; the
-        relevance selection always reads the text's own Δt, as the authors'."""
+        relevance selection always reads the text's own Δt, as the authors'. With `choose_at` (a
+        strength: the plans pass the backbone's default, so that Δs, and with it every strength of
+        a sweep or a re-edit, does not depend on the request's strength), a domain with
+        `extra.delta_choices` gets each row's Δs chosen among those alternatives by CLIP
+        (`deltaedit.delta_choice`); the source is rendered into `codes` for it."""
         T = delta_t.shape[0]
         mapper_delta = delta_t
         if self.feature_bank is not None:
             mapper_delta = self.feature_bank.ground(delta_t, codes.clip_feature)
         cond = self.clip.condition(codes.clip_feature.expand(T, -1), mapper_delta)
-        delta_s = self.mapper(codes.s.expand(T, -1), cond)
-        keep = select_channels_batch(self._fs3_on_device, delta_t.float(), threshold)
-        delta_s = delta_s * keep.to(dtype=delta_s.dtype)
-        delta_s[delta_t.norm(dim=-1) == 0] = 0  # target == source: no edit, never NaN
+        whole = self.mapper(codes.s.expand(T, -1), cond)
+        none = delta_t.norm(dim=-1) == 0  # target == source: no edit, never NaN
+
+        def selected(at_threshold: float) -> torch.Tensor:
+            keep = select_channels_batch(self._fs3_on_device, delta_t.float(), at_threshold)
+            delta_s = whole * keep.to(dtype=whole.dtype)
+            delta_s[none] = 0
+            return delta_s
+
+        delta_s = selected(threshold)
+        if not choose_at or not self.delta_choices or T == 0:
+            return delta_s
+        candidates = [delta_s] + [
+            choice.strength_factor * selected(threshold * choice.threshold_factor)
+            for choice in self.delta_choices
+        ]
+        if codes.image is None:
+            codes.image = self.render(codes)
+        delta_s, _ = choose_style_deltas(
+            self.generator, self.clip, self.layout, codes.s, codes.w_plus, torch.stack(candidates),
+            delta_t, choose_at, codes.image, self.feature_bank,
+            margin=float(self.config.extra.get("delta_choice_margin", 1.0)),
+        )  # fmt: skip
         return delta_s
+
+    def choice_strength(self, source_text: str, backbone: str = "gan") -> float | None:
+        """The strength `style_deltas` judges its `extra.delta_choices` at: the backbone's default,
+        for edits from the domain's neutral text only. Their strength factors were measured there;
+        from a non-neutral source ("thin face" -> "chubby face") the change asked is about twice as
+        large and the weaker alternatives won too often (that pair's success fell from 1.00 to
+        0.78-0.92 on the toy dev seeds), so those edits keep the relevance selection."""
+        if source_text != self.config.neutral_text:
+            return None
+        return self.config.defaults_for(backbone).strength
 
     def resolve_request(
         self, targets, source, strength, threshold, backbone: str = "gan", by_example: bool = False
@@ -381,7 +419,7 @@ class GanEditor:
         clock.lap("encode")
         delta_t, targets, notices = self.request_deltas(codes, targets, source_text, example, reference, align)
         clock.lap("text")
-        delta_s = self.style_deltas(codes, delta_t, threshold)
+        delta_s = self.style_deltas(codes, delta_t, threshold, self.choice_strength(source_text))
         clock.lap("mapper")
         if refine_steps:
             delta_s = self.refined_style_deltas(codes, delta_t, delta_s, strength, refine_steps)

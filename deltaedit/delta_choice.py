@@ -1,0 +1,89 @@
+"""How much of the mapper's Δs each edit applies, chosen per edit by CLIP (not in the paper).
+
+The relevance selection (|fs3 · Δt| ≥ threshold) keeps the channels that carry a colour change
+well, but a shape change ("chubby face") spreads over many channels it drops: on the toy domain
+the kept part of Δs lies at cosine 0.36 to the true change and the generator draws it as a
+cross-fade of two outlines, while the mapper's whole Δs (cosine 0.87) at a lower strength draws
+a clean, wider face. No single threshold and strength serves both kinds of prompt, so a domain may
+list alternatives (`extra.delta_choices`: [threshold factor, strength factor] pairs, relative to
+the request's threshold and the backbone's default strength). Every alternative is decoded once,
+at the default strength, and the one whose CLIP image change lies closest to what the text asks
+for is kept (judged at one strength, so that the chosen Δs scales with the strength slider as the
+mapper's own does, and a sweep or a re-edit equals the edit at that strength), and only where it
+beats the request's own Δs by `extra.delta_choice_margin` (a factor on its loss): the refinement's own loss
+(`deltaedit.refine.refinement_loss`: |Δi − g|² against the grounded target g with a feature
+bank). No labels and no classifier are involved. Measured in docs/deltaedit-d.md ("sixth round").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .nn.stylespace import decode_s
+from .refine import refinement_loss, unit_image_features
+
+
+@dataclass(frozen=True)
+class DeltaChoice:
+    """An alternative to the request's Δs: the channels kept at `threshold_factor` x the request's
+    threshold, applied at `strength_factor` x its strength."""
+
+    threshold_factor: float
+    strength_factor: float
+
+
+def parse_delta_choices(raw) -> tuple[DeltaChoice, ...]:
+    """`extra.delta_choices` as DeltaChoice values: a list of [threshold factor, strength factor]
+    pairs of finite numbers, thresholds ≥ 0 and strengths > 0; None or [] for none."""
+    if not raw:
+        return ()
+    choices = []
+    for pair in raw:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise ValueError(f"delta_choices holds [threshold factor, strength factor] pairs, got {pair!r}")
+        t, s = (float(v) for v in pair)
+        if not (math.isfinite(t) and math.isfinite(s) and t >= 0 and s > 0):
+            raise ValueError(f"delta_choices needs a threshold factor >= 0 and a strength factor > 0, got {pair!r}")
+        choices.append(DeltaChoice(t, s))
+    return tuple(choices)
+
+
+@torch.no_grad()
+def choose_style_deltas(
+    generator,
+    clip,
+    layout,
+    s: torch.Tensor,
+    w_plus: torch.Tensor,
+    candidates: torch.Tensor,
+    delta_t: torch.Tensor,
+    strength: float,
+    source_image: torch.Tensor,
+    feature_bank=None,
+    margin: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Δs [T, S], index [T]): for each row t, the candidate Δs of `candidates` [C, T, S] whose edit
+    s + strength·Δs has the lowest `refinement_loss`, and which candidate that was. Candidate 0 is
+    the request's own Δs and wins ties; an alternative must bring the loss below `margin` x
+    candidate 0's to be taken. `source_image` is the source decoded from s and w_plus."""
+    count, rows = candidates.shape[:2]
+    source = unit_image_features(clip, source_image)
+    target = None
+    if feature_bank is not None:
+        target = feature_bank.ground(delta_t.float(), source).to(source.device)
+    direction = delta_t.float() / delta_t.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    flat = candidates.reshape(count * rows, -1)
+    images = decode_s(generator, layout.split(s + strength * flat), w_plus.expand(count * rows, -1, -1))
+    delta_i = unit_image_features(clip, images) - source
+    loss = refinement_loss(
+        delta_i,
+        target=None if target is None else target.repeat(count, 1),
+        direction=direction.to(delta_i.device).repeat(count, 1),
+    ).view(count, rows)
+    loss[0] = loss[0] * margin  # the request's own Δs unless an alternative is clearly better
+    index = loss.argmin(dim=0)  # the first of equal losses: the request's own Δs
+    chosen = candidates[index, torch.arange(rows, device=candidates.device)]
+    return chosen, index
