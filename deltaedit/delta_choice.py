@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .nn.stylespace import decode_s
-from .refine import refinement_loss, unit_image_features
+from .refine import loss_references, refinement_loss, unit_image_features
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,15 @@ def parse_delta_choices(raw) -> tuple[DeltaChoice, ...]:
     return tuple(choices)
 
 
+def parse_delta_choice_margin(raw) -> float:
+    """`extra.delta_choice_margin`: a finite factor > 0 on the request's own loss (None: 1, the
+    lowest loss wins)."""
+    margin = 1.0 if raw is None else float(raw)
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"delta_choice_margin must be a number > 0, got {raw!r}")
+    return margin
+
+
 @torch.no_grad()
 def choose_style_deltas(
     generator,
@@ -70,11 +79,7 @@ def choose_style_deltas(
     the request's own Δs and wins ties; an alternative must bring the loss below `margin` x
     candidate 0's to be taken. `source_image` is the source decoded from s and w_plus."""
     count, rows = candidates.shape[:2]
-    source = unit_image_features(clip, source_image)
-    target = None
-    if feature_bank is not None:
-        target = feature_bank.ground(delta_t.float(), source).to(source.device)
-    direction = delta_t.float() / delta_t.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    source, target, direction = loss_references(clip, source_image, delta_t, feature_bank)
     flat = candidates.reshape(count * rows, -1)
     images = decode_s(generator, layout.split(s + strength * flat), w_plus.expand(count * rows, -1, -1))
     delta_i = unit_image_features(clip, images) - source

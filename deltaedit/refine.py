@@ -42,6 +42,21 @@ def unit_image_features(clip, images: torch.Tensor) -> torch.Tensor:
     return f / f.norm(dim=-1, keepdim=True)
 
 
+@torch.no_grad()
+def loss_references(
+    clip, source_image: torch.Tensor, delta_t: torch.Tensor, feature_bank=None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """What `refinement_loss` compares an edit with, for text deltas Δt [T, D] on the source image
+    [1, 3, H, W]: the source's unit CLIP feature [1, D], the grounded targets [T, D] (None without
+    a feature bank) and the unit text directions [T, D] (zero for a zero Δt)."""
+    source = unit_image_features(clip, source_image)
+    target = None
+    if feature_bank is not None:
+        target = feature_bank.ground(delta_t.float(), source).to(source.device)
+    direction = delta_t.float() / delta_t.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return source, target, direction
+
+
 def refinement_loss(
     delta_i: torch.Tensor,
     target: torch.Tensor | None = None,
@@ -91,17 +106,12 @@ def refine_style_deltas(
     if not active.any():
         return delta_s
     keep = (delta_s[active] != 0).to(delta_s.dtype)
-    d = delta_t[active].float().to(delta_s.device)
-    d = d / d.norm(dim=-1, keepdim=True)
     rows = int(active.sum())
     w = w_plus.expand(rows, -1, -1)
     with torch.no_grad():
         if source_image is None:
             source_image = decode_s(generator, layout.split(s), w_plus)
-        source = unit_image_features(clip, source_image)
-        target = None
-        if feature_bank is not None:
-            target = feature_bank.ground(delta_t[active].float(), source).to(source.device)
+    source, target, d = loss_references(clip, source_image, delta_t[active].to(delta_s.device), feature_bank)
     change = (strength * delta_s[active]).detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([change], lr=lr)
     with torch.enable_grad():

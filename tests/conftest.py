@@ -91,12 +91,22 @@ def uploads(tmp_path):
     return folder
 
 
-@pytest.fixture(scope="module")
-def toy_d():
-    """The shipped toy DeltaEdit-D editor (skipped where its weights are not here)."""
+def _shipped_toy_editor(backbone: str, what: str):
     from deltaedit.api import load_editor
 
     try:
-        return load_editor("toy", backbone="diffusion", device="cpu")
+        return load_editor("toy", backbone=backbone, device="cpu")
     except Exception as exc:
-        pytest.skip(f"toy DeltaEdit-D weights unavailable: {exc}")
+        pytest.skip(f"toy {what} weights unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def toy_g():
+    """The shipped toy DeltaEdit-G editor (skipped where its weights are not here)."""
+    return _shipped_toy_editor("gan", "DeltaEdit-G")
+
+
+@pytest.fixture(scope="module")
+def toy_d():
+    """The shipped toy DeltaEdit-D editor (skipped where its weights are not here)."""
+    return _shipped_toy_editor("diffusion", "DeltaEdit-D")

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .. import models
-from ..delta_choice import choose_style_deltas, parse_delta_choices
+from ..delta_choice import choose_style_deltas, parse_delta_choice_margin, parse_delta_choices
 from ..domain import Domain
 from ..errors import InputError
 from ..imageio import center_square, load_image, pixels_to_pils, tensors_to_pixels, to_tensor
@@ -99,6 +99,7 @@ class GanEditor:
         self.feature_bank = feature_bank
         # Alternatives to each edit's Δs, one chosen per edit by CLIP (`deltaedit.delta_choice`).
         self.delta_choices = parse_delta_choices(self.config.extra.get("delta_choices"))
+        self.delta_choice_margin = parse_delta_choice_margin(self.config.extra.get("delta_choice_margin"))
         self._sources: OrderedDict[str, SourceCodes] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -326,7 +327,7 @@ class GanEditor:
         delta_s, _ = choose_style_deltas(
             self.generator, self.clip, self.layout, codes.s, codes.w_plus, torch.stack(candidates),
             delta_t, choose_at, codes.image, self.feature_bank,
-            margin=float(self.config.extra.get("delta_choice_margin", 1.0)),
+            margin=self.delta_choice_margin,
         )  # fmt: skip
         return delta_s
 
