@@ -436,7 +436,10 @@ def test_ffhq_with_official_format_weights_offers_sample_examples_and_runs_one(b
         assert rows.count() == len(service.SAMPLE_EXAMPLES["ffhq"]["gan"])
         assert "switches the domain to FFHQ faces" in page.locator("#examples-ffhq-gan").inner_text()
         seed, _, target = service.SAMPLE_EXAMPLES["ffhq"]["gan"][0]
-        assert str(seed) in rows.first.inner_text() and target in rows.first.inner_text()
+        # Gradio fills the cells after the row appears: wait for the text rather than read it once.
+        expect = pytest.importorskip("playwright.sync_api").expect
+        expect(rows.first).to_contain_text(str(seed), timeout=10_000)
+        expect(rows.first).to_contain_text(target, timeout=10_000)
         page.get_by_role("tab", name="Compare").click()
         compare_rows = page.locator("#examples-ffhq-compare tbody tr")
         compare_rows.first.wait_for(timeout=10_000)
