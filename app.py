@@ -520,7 +520,8 @@ Any prompt works zero-shot. The *Toy faces* domain is a small built-in model tra
 procedural cartoon faces, so the app runs anywhere without downloads; it adds four steps that are
 not in the paper (the text difference grounded in the picture through a bank of image features, a
 mapper trained on nearest-neighbour pairs, a per-edit choice by CLIP between the thresholded Δs and
-the whole Δs at a lower strength, which shape edits need, and a few refinement steps; see
+the whole Δs at a lower strength, which shape edits need (each also projected onto the main directions
+of the style codes), and a few refinement steps; see
 docs/toy-domain.md). *FFHQ
 faces* uses the authors' published weights when they can be downloaded, with the paper's method.
 """

@@ -13,6 +13,12 @@ mapper's own does, and a sweep or a re-edit equals the edit at that strength), a
 beats the request's own Δs by `extra.delta_choice_margin` (a factor on its loss): the refinement's own loss
 (`deltaedit.refine.refinement_loss`: |Δi − g|² against the grounded target g with a feature
 bank). No labels and no classifier are involved. Measured in docs/deltaedit-d.md ("sixth round").
+
+A domain may also ship a style subspace (weights role `style_subspace`: the top principal
+directions of its generator's style codes, `toy train --stages subspace`). Each candidate then
+also enters projected onto it: the part of a Δs that no face's code varies along is what the
+generator draws as smear, and where the projection brings the edit closer to the text it wins
+by the same rule ("seventh round").
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import WeightsError
 from .nn.stylespace import decode_s
 from .refine import loss_references, refinement_loss, unit_image_features
+from .weight_files import load_npy_matrix
 
 
 @dataclass(frozen=True)
@@ -92,3 +100,38 @@ def choose_style_deltas(
     index = loss.argmin(dim=0)  # the first of equal losses: the request's own Δs
     chosen = candidates[index, torch.arange(rows, device=candidates.device)]
     return chosen, index
+
+
+def style_subspace(styles: torch.Tensor, dims: int) -> torch.Tensor:
+    """[dims, S]: orthonormal rows spanning the top `dims` principal directions of style codes
+    `styles` [N, S] (their mean removed), each signed so that its largest entry is positive (so
+    that one set of codes always gives one file)."""
+    if styles.ndim != 2 or not 1 <= dims <= min(styles.shape):
+        raise ValueError(f"need codes [N, S] and 1 <= dims <= min(N, S), got {tuple(styles.shape)} and {dims}")
+    centred = styles.double() - styles.double().mean(0)
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    basis = vt[:dims]
+    peak = basis.gather(1, basis.abs().argmax(1, keepdim=True))
+    return (basis * peak.sign()).float()
+
+
+def project_onto(delta_s: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """`delta_s` [..., S] projected onto the span of the orthonormal rows of `basis` [K, S]."""
+    basis = basis.to(delta_s.dtype)
+    return (delta_s @ basis.T) @ basis
+
+
+def load_style_subspace(path, n_channels: int) -> torch.Tensor:
+    """A style subspace [K, S] float32 from a .npy file (no pickles), checked: S = `n_channels`,
+    finite, orthonormal rows."""
+    basis = torch.from_numpy(load_npy_matrix(path, "style subspace", "K, S").astype("float32"))
+    if basis.shape[1] != n_channels or basis.shape[0] > n_channels:
+        raise WeightsError(
+            f"{path} has shape {list(basis.shape)}, expected [K <= {n_channels}, {n_channels}]; is it the right file?"
+        )
+    if not torch.isfinite(basis).all():
+        raise WeightsError(f"{path} contains NaN or infinite values; recompute it (toy train --stages subspace)")
+    gram = basis @ basis.T
+    if not torch.allclose(gram, torch.eye(basis.shape[0]), atol=1e-4):
+        raise WeightsError(f"{path} does not hold orthonormal rows; recompute it (toy train --stages subspace)")
+    return basis

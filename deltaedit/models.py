@@ -188,6 +188,29 @@ def load_feature_bank(domain: Domain):
 
 
 @cache
+def _style_subspace(domain: Domain):
+    from .delta_choice import load_style_subspace
+    from .nn.stylegan2 import Generator
+    from .nn.stylespace import layout_from_generator
+
+    if "style_subspace" not in domain.config.weights:
+        return None
+    path = domain.find("style_subspace")
+    if path is None:
+        log.info("no style subspace for %s: the choice of delta s weighs its candidates as they are", domain.id)
+        return None
+    with torch.device("meta"):  # only the S layout is needed
+        n_channels = layout_from_generator(Generator.from_config(domain.config.generator)).total
+    return load_style_subspace(path, n_channels)
+
+
+def load_style_subspace(domain: Domain):
+    """The domain's style subspace [K, S] (`deltaedit.delta_choice`), or None where it has none."""
+    with _lock:
+        return _style_subspace(_check(domain))
+
+
+@cache
 def _aligner(domain: Domain):
     from .align import FaceAligner
 
@@ -203,7 +226,7 @@ def clear_cache() -> None:
     """Forget every loaded model (tests, or after replacing weight files) and the editors holding them."""
     import sys
 
-    for fn in (_generator, _mapper, _encoder, _clip, _fs3, _feature_bank, _aligner):
+    for fn in (_generator, _mapper, _encoder, _clip, _fs3, _feature_bank, _style_subspace, _aligner):
         fn.cache_clear()
     # Editors keep references to the models: a cached editor would keep serving the old weights.
     for name in ("deltaedit.pipelines.gan", "deltaedit.pipelines.diffusion_editor"):

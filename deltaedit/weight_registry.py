@@ -146,6 +146,9 @@ REGISTRY: dict[str, WeightSource] = {
             "toy-feature-bank", "feature_bank.npy", packaged=True, optional=True, unavailable_hint=_TOY_HINT
         ),
         WeightSource(
+            "toy-style-subspace", "style_subspace.npy", packaged=True, optional=True, unavailable_hint=_TOY_HINT
+        ),
+        WeightSource(
             "toy-diffusion",
             "diffusion",
             packaged=True,

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .. import models
-from ..delta_choice import choose_style_deltas, parse_delta_choice_margin, parse_delta_choices
+from ..delta_choice import choose_style_deltas, parse_delta_choice_margin, parse_delta_choices, project_onto
 from ..domain import Domain
 from ..errors import InputError
 from ..imageio import center_square, load_image, pixels_to_pils, tensors_to_pixels, to_tensor
@@ -74,12 +74,15 @@ class GanEditor:
         encoder=None,
         aligner=None,
         feature_bank=None,
+        style_subspace=None,
     ):
         """Assemble an editor from loaded modules; `GanEditor.load` does it from weight files.
 
         `encoder` ((module, latent_avg)) and `aligner` are loaded on first use when not given,
         so editing latents never pays for them. With a `feature_bank` (`deltaedit.grounding`)
         the mapper gets text deltas grounded in the source image; None gives the paper's Δt.
+        With a `style_subspace` ([K, S], `deltaedit.delta_choice`) the per-edit choice of Δs also
+        weighs each candidate projected onto it.
         """
         self.domain = domain
         self.config = domain.config
@@ -100,6 +103,7 @@ class GanEditor:
         # Alternatives to each edit's Δs, one chosen per edit by CLIP (`deltaedit.delta_choice`).
         self.delta_choices = parse_delta_choices(self.config.extra.get("delta_choices"))
         self.delta_choice_margin = parse_delta_choice_margin(self.config.extra.get("delta_choice_margin"))
+        self.style_subspace = None if style_subspace is None else style_subspace.to(self.device)
         self._sources: OrderedDict[str, SourceCodes] = OrderedDict()
         self._sources_lock = threading.Lock()
 
@@ -120,6 +124,7 @@ class GanEditor:
             models.load_relevance(domain),
             device=device,
             feature_bank=models.load_feature_bank(domain),
+            style_subspace=models.load_style_subspace(domain),
         )
 
     @property
@@ -322,6 +327,8 @@ class GanEditor:
             choice.strength_factor * selected(threshold * choice.threshold_factor)
             for choice in self.delta_choices
         ]
+        if self.style_subspace is not None:  # each candidate also without its off-manifold part
+            candidates += [project_onto(c, self.style_subspace) for c in candidates]
         if codes.image is None:
             codes.image = self.render(codes)
         delta_s, _ = choose_style_deltas(

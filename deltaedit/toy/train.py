@@ -9,10 +9,13 @@ run resumes):
 3. autoencoder - our StyleGAN2 generator and an e4e-style encoder that reconstruct renders, then
                  fine-tuned with a CLIP feature loss (so it needs the clip stage)
 4. relevance   - fs3 of the toy generator (the generic `relevance` tool)
-5. mapper      - codes of encoded renders (`make-codes`), the Delta Mapper trained text-free on
+5. subspace    - the top principal directions of encoded renders' style codes (the per-edit
+                 choice of Δs also weighs its candidates projected onto them)
+6. mapper      - codes of encoded renders (`make-codes`), the Delta Mapper trained text-free on
                  them (`train-mapper`), then the refinement distilled into it (uses fs3)
-6. classifier  - an attribute classifier used only to score edits
-7. diffusion   - DeltaEdit-D's residual UNet (run on its own with --stages diffusion on a CPU)
+7. classifier  - an attribute classifier used only to score edits
+8. diffusion   - DeltaEdit-D's residual UNet (run on its own with --stages diffusion on a CPU)
+9. prior       - DeltaEdit-D's image prior, a full-image UNet (--stages prior)
 
 clip and the autoencoder's first phase do not depend on each other: on a CPU with two cores or
 more they train side by side in two processes. The mapper never sees a caption.
@@ -34,7 +37,7 @@ from ..domain import Domain
 from ..fileio import write_json
 from .budget import FULL, GPU, SMOKE, ToyBudget, smoke_budget
 from .dataset import render_dataset
-from .stages import autoencoder, classifier, clip, diffusion, mapper, prior, relevance
+from .stages import autoencoder, classifier, clip, diffusion, mapper, prior, relevance, subspace
 from .stages.common import GanModels, StageContext
 
 __all__ = [
@@ -51,7 +54,10 @@ __all__ = [
 ]
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"
-PIPELINE = (clip.STAGE, autoencoder.STAGE, relevance.STAGE, mapper.STAGE, classifier.STAGE, diffusion.STAGE, prior.STAGE)
+PIPELINE = (
+    clip.STAGE, autoencoder.STAGE, relevance.STAGE, subspace.STAGE, mapper.STAGE, classifier.STAGE,
+    diffusion.STAGE, prior.STAGE,
+)  # fmt: skip
 STAGES = tuple(stage.name for stage in PIPELINE)
 GAN_STAGES = STAGES[:-2]  # everything DeltaEdit-G needs; DeltaEdit-D (and its prior) afterwards
 # The stages after these read the GAN's weights through the same loaders as every other domain.
