@@ -149,15 +149,20 @@ def load_clip(domain: Domain, device="cpu"):
         return _clip(_check(domain), str(device))
 
 
-@cache
-def _fs3(domain: Domain) -> torch.Tensor:
+def _style_channels(domain: Domain) -> int:
+    """S, the number of style channels of the domain's generator (read off its config)."""
     from .nn.stylegan2 import Generator
     from .nn.stylespace import layout_from_generator
-    from .relevance import load_fs3
 
     with torch.device("meta"):  # only the S layout is needed: no memory, no init cost
-        n_channels = layout_from_generator(Generator.from_config(domain.config.generator)).total
-    fs3 = load_fs3(domain.weight("fs3"), n_channels=n_channels, clip_dim=domain.config.clip.embed_dim)
+        return layout_from_generator(Generator.from_config(domain.config.generator)).total
+
+
+@cache
+def _fs3(domain: Domain) -> torch.Tensor:
+    from .relevance import load_fs3
+
+    fs3 = load_fs3(domain.weight("fs3"), n_channels=_style_channels(domain), clip_dim=domain.config.clip.embed_dim)
     return torch.from_numpy(np.ascontiguousarray(fs3))
 
 
@@ -190,8 +195,6 @@ def load_feature_bank(domain: Domain):
 @cache
 def _style_subspace(domain: Domain):
     from .delta_choice import load_style_subspace
-    from .nn.stylegan2 import Generator
-    from .nn.stylespace import layout_from_generator
 
     if "style_subspace" not in domain.config.weights:
         return None
@@ -199,9 +202,7 @@ def _style_subspace(domain: Domain):
     if path is None:
         log.info("no style subspace for %s: the choice of delta s weighs its candidates as they are", domain.id)
         return None
-    with torch.device("meta"):  # only the S layout is needed
-        n_channels = layout_from_generator(Generator.from_config(domain.config.generator)).total
-    return load_style_subspace(path, n_channels)
+    return load_style_subspace(path, _style_channels(domain))
 
 
 def load_style_subspace(domain: Domain):
